@@ -1,0 +1,88 @@
+"""The small interface through which the pipeline sees an architecture.
+
+Everything the pipeline knows about module names, fused projections and per-layer attributes lives behind
+this Protocol, so one pipeline prunes Hugging Face LLaMA-family models and LlamaGen alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """Shapes of one decoder layer as it is now."""
+
+    hidden: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate: int
+
+    @property
+    def group_size(self) -> int:
+        return self.num_heads // self.num_kv_heads if self.num_kv_heads else 0
+
+
+class Adapter(Protocol):
+    """Architecture knowledge needed by calibration, scoring, compensation and surgery."""
+
+    name: str
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        """The decoder layers, in order."""
+
+    def geometry(self, layer: nn.Module) -> LayerGeometry:
+        """Current head counts and widths of one layer."""
+
+    def out_projections(self, layer: nn.Module) -> tuple[nn.Linear | None, nn.Linear | None]:
+        """``(o_proj, down_proj)``: the projections whose inputs are scored and whose columns are refit."""
+
+    def attn_in(self, layer: nn.Module) -> list[tuple[nn.Linear, str]]:
+        """Input-side attention projections with the part of the head layout their rows follow
+        (``"q"``, ``"k"``, ``"v"``, or ``"qkv"`` for a fused projection with rows ``[q | k | v]``)."""
+
+    def mlp_in(self, layer: nn.Module) -> list[nn.Linear]:
+        """Input-side MLP projections whose output rows are the channels (gate/up, w1/w3)."""
+
+    def resize_attention(self, layer: nn.Module, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
+        """Swap the attention projections for new (uninitialised) ones; fix per-layer attributes. Returns the
+        module that holds the block's output bias (the output projection, or an empty block's ``.bias``)."""
+
+    def resize_mlp(self, layer: nn.Module, intermediate: int, output_bias: bool) -> nn.Module:
+        """Swap the MLP projections for new (uninitialised) ones of ``intermediate`` channels (returns as above)."""
+
+    def run_model(self, model: nn.Module, batch: Tensor) -> Any:
+        """Forward the whole model on one calibration batch of token ids (used to capture layer-0 inputs)."""
+
+    def layer_output(self, output: Any) -> Tensor:
+        """The hidden states out of a decoder layer's forward return value."""
+
+    def finalize(self, model: nn.Module, shapes: list[LayerGeometry], output_bias: bool) -> None:
+        """Record the pruned per-layer shapes in the model's config so that it saves and reloads."""
+
+
+def rows_for_heads(part: str, geo: LayerGeometry, heads: Tensor, kv_heads: Tensor) -> Tensor:
+    """Row indices of a q/k/v (or fused qkv) projection that belong to the kept heads."""
+
+    def expand(idx: Tensor, offset: int) -> Tensor:
+        return (idx[:, None] * geo.head_dim + torch.arange(geo.head_dim) + offset).reshape(-1)
+
+    if part == "q":
+        return expand(heads, 0)
+    if part in ("k", "v"):
+        return expand(kv_heads, 0)
+    if part == "qkv":
+        q = geo.num_heads * geo.head_dim
+        kv = geo.num_kv_heads * geo.head_dim
+        return torch.cat([expand(heads, 0), expand(kv_heads, q), expand(kv_heads, q + kv)])
+    raise ValueError(f"unknown attention part {part!r}")
+
+
+def head_columns(geo: LayerGeometry, heads: Tensor) -> Tensor:
+    """Input columns of ``o_proj`` that belong to the kept query heads: ``[h*D_h, (h+1)*D_h)``."""
+    return (heads[:, None] * geo.head_dim + torch.arange(geo.head_dim)).reshape(-1)

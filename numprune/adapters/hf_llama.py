@@ -1,0 +1,97 @@
+"""Adapter for Hugging Face LLaMA-layout causal LMs: LLaMA-1/2/3, Mistral, Qwen2 (and SmolLM2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from numprune.adapters.base import LayerGeometry
+from numprune.pruned_model import PRUNED_CLASSES, resize_attention, resize_mlp
+
+SUPPORTED_MODEL_TYPES = tuple(PRUNED_CLASSES)
+
+
+def base_model_type(model: nn.Module) -> str:
+    model_type = getattr(model.config, "model_type", "")
+    return model_type.removeprefix("numpruned_")
+
+
+class HFLlamaAdapter:
+    name = "hf-llama"
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return model.model.layers
+
+    def geometry(self, layer: nn.Module) -> LayerGeometry:
+        attn, mlp = layer.self_attn, layer.mlp
+        hidden = layer.input_layernorm.weight.numel()
+        if hasattr(attn, "q_proj"):
+            hd = attn.head_dim
+            heads, kv = attn.q_proj.out_features // hd, attn.k_proj.out_features // hd
+        else:  # fully pruned block
+            hd, heads, kv = 0, 0, 0
+        inter = mlp.down_proj.in_features if hasattr(mlp, "down_proj") else 0
+        return LayerGeometry(hidden=hidden, num_heads=heads, num_kv_heads=kv, head_dim=hd, intermediate=inter)
+
+    def out_projections(self, layer: nn.Module) -> tuple[nn.Linear | None, nn.Linear | None]:
+        return getattr(layer.self_attn, "o_proj", None), getattr(layer.mlp, "down_proj", None)
+
+    def attn_in(self, layer: nn.Module) -> list[tuple[nn.Linear, str]]:
+        attn = layer.self_attn
+        return [(attn.q_proj, "q"), (attn.k_proj, "k"), (attn.v_proj, "v")] if hasattr(attn, "q_proj") else []
+
+    def mlp_in(self, layer: nn.Module) -> list[nn.Linear]:
+        mlp = layer.mlp
+        return [mlp.gate_proj, mlp.up_proj] if hasattr(mlp, "gate_proj") else []
+
+    def resize_attention(self, layer: nn.Module, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
+        return resize_attention(layer, heads, kv_heads, output_bias)
+
+    def resize_mlp(self, layer: nn.Module, intermediate: int, output_bias: bool) -> nn.Module:
+        return resize_mlp(layer, intermediate, output_bias)
+
+    def run_model(self, model: nn.Module, batch: Tensor) -> Any:
+        return model(input_ids=batch, use_cache=False)
+
+    def layer_output(self, output: Any) -> Tensor:
+        return output[0] if isinstance(output, tuple) else output
+
+    def finalize(self, model: nn.Module, shapes: list[LayerGeometry], output_bias: bool) -> None:
+        """Replace the config by a per-layer one, or a stock one where every layer kept the same counts."""
+        cfg = model.config
+        base = base_model_type(model)
+        stock_cls = PRUNED_CLASSES[base][0].__mro__[1]
+        fields = cfg.to_dict()
+        for key in ("layer_num_heads", "layer_num_kv_heads", "layer_intermediate_sizes", "output_bias",
+                    "auto_map", "architectures", "model_type", "transformers_version"):
+            fields.pop(key, None)
+        heads = [s.num_heads for s in shapes]
+        kvs = [s.num_kv_heads for s in shapes]
+        inters = [s.intermediate for s in shapes]
+        head_dim = next((s.head_dim for s in shapes if s.head_dim), getattr(cfg, "head_dim", None))
+        fields["head_dim"] = head_dim
+        uniform = len(set(heads)) == len(set(kvs)) == len(set(inters)) == 1 and heads[0] > 0 and inters[0] > 0
+        if uniform and not output_bias:
+            fields.update(num_attention_heads=heads[0], num_key_value_heads=kvs[0], intermediate_size=inters[0])
+            new = stock_cls(**fields)
+            new.architectures = [model.__class__.__name__.removeprefix("Numpruned")]
+        else:
+            cfg_cls, model_cls = PRUNED_CLASSES[base]
+            new = cfg_cls(
+                **fields,
+                layer_num_heads=heads,
+                layer_num_kv_heads=kvs,
+                layer_intermediate_sizes=inters,
+                output_bias=output_bias,
+            )
+            new.architectures = [model_cls.__name__]
+            new.auto_map = {
+                "AutoConfig": f"modeling_numprune.{cfg_cls.__name__}",
+                "AutoModelForCausalLM": f"modeling_numprune.{model_cls.__name__}",
+            }
+        new._attn_implementation = cfg._attn_implementation
+        model.config = new
+        for layer in self.layers(model):
+            if hasattr(layer.self_attn, "config"):
+                layer.self_attn.config = new

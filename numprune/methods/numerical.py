@@ -1,0 +1,38 @@
+"""The paper's method: numerical scores (Algorithm 1) and least-squares compensation (Eq. 11)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+from numprune.adapters.base import LayerGeometry
+from numprune.calibrate import InputStats
+from numprune.compensate import compensate
+from numprune.methods.base import LayerScores
+from numprune.score import numerical_score, pool_heads
+
+if TYPE_CHECKING:
+    from numprune.prune import PruneConfig
+
+
+class Numerical:
+    name = "numerical"
+    default_allocation = "global"
+    adds_bias = False
+
+    def score(
+        self, stats: dict[str, InputStats], o_weight: Tensor, down_weight: Tensor, geo: LayerGeometry, cfg: PruneConfig
+    ) -> LayerScores:
+        def channel_scores(s: InputStats, w: Tensor) -> Tensor:
+            return numerical_score(s.gram, w, cfg.ratio, lam=cfg.lam, iters=cfg.iters, box=cfg.box, eps=cfg.eps)
+
+        heads = pool_heads(channel_scores(stats["o_proj"], o_weight), geo.num_heads, geo.head_dim)
+        return LayerScores(heads=heads, channels=channel_scores(stats["down_proj"], down_weight))
+
+    def repair(
+        self, stats: InputStats | None, weight: Tensor, keep: Tensor, cfg: PruneConfig
+    ) -> tuple[Tensor, Tensor | None]:
+        if stats is None:
+            return weight[:, keep], None
+        return compensate(stats.gram, weight, keep, damp=cfg.damp), None

@@ -1,0 +1,61 @@
+"""``PruningPlan``: what was kept in every layer and exactly how the plan was produced (JSON round trip)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LayerPlan:
+    """Kept query heads, KV heads and MLP channels of one decoder layer (indices into the dense layer)."""
+
+    heads: list[int]
+    kv_heads: list[int]
+    channels: list[int]
+
+
+@dataclass
+class PruningPlan:
+    layers: list[LayerPlan]
+    dense_shapes: list[dict[str, int]]  # per layer: hidden, num_heads, num_kv_heads, head_dim, intermediate
+    method: str
+    ratio: float
+    options: dict[str, Any]  # every PruneConfig field
+    achieved: dict[str, float | int]  # params/units ratio of attention+MLP, whole-model params before/after, ...
+    calibration: dict[str, Any] = field(default_factory=dict)  # dataset, source, nsamples, seqlen, seed
+    model: dict[str, Any] = field(default_factory=dict)  # name_or_path, model_type, fingerprint
+    timing: dict[str, float] = field(default_factory=dict)  # seconds, peak memory
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def summary(self) -> str:
+        a = self.achieved
+        return (
+            f"{self.method} ratio {self.ratio:.2f} ({self.options.get('ratio_of', 'params')}): "
+            f"removed {a['params_ratio']:.4f} of attention+MLP params, "
+            f"{a['attn_units_pruned']}/{a['attn_units_total']} attention units, "
+            f"{a['channels_pruned']}/{a['channels_total']} MLP channels; "
+            f"model params {a['model_params_before']:,} -> {a['model_params_after']:,}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
+        data = dict(data)
+        data["layers"] = [LayerPlan(**layer) for layer in data["layers"]]
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> PruningPlan:
+        return cls.from_dict(json.loads(Path(path).read_text()))

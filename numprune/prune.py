@@ -1,0 +1,341 @@
+"""``prune_``: the one pipeline that the CLI, the Lightning callbacks, the experiments and the tests call.
+
+Lifecycle: dense calibration pass (statistics -> per-layer scores) -> global or uniform selection ->
+repair (compensation from the dense statistics, or re-propagated sequentially) -> surgery -> config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from numprune.adapters import Adapter, LayerGeometry, get_adapter
+from numprune.calibrate import InputStats, LayerwiseRunner
+from numprune.errors import NumpruneError
+from numprune.methods import LayerScores, Method, get_method
+from numprune.plan import LayerPlan, PruningPlan
+from numprune.select import LayerUnits, Selection, select_units
+from numprune.surgery import prune_attention_, prune_mlp_
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Every choice of a pruning run (METHOD.md states each default and why)."""
+
+    ratio: float
+    method: str = "numerical"
+    ratio_of: Literal["params", "units"] = "params"
+    allocation: Literal["global", "uniform"] | None = None  # None: the method's default
+    head_scaling: Literal["alpha", "none"] = "alpha"
+    gqa: Literal["groups", "query"] = "groups"  # prune whole KV groups, or query heads within groups
+    min_heads: int = 1  # attention units (KV groups / query heads per group) kept per layer
+    min_channels: int = 1
+    round_to: int = 1  # round kept MLP channels per layer to a multiple
+    compensation: Literal["dense", "sequential", "none"] = "dense"
+    damp: float = 0.01
+    lam: float | None = None  # None: hard-constraint limit
+    iters: int = 1
+    box: bool = False
+    eps: float = 1e-6
+    mask_only: bool = False
+    device: str | None = None  # compute device for calibration (default: where the model is)
+    stats_cache_gib: float = 4.0  # keep dense statistics for compensation when they fit, else recompute
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise NumpruneError(f"ratio must be in [0, 1), got {self.ratio}")
+        choices = {
+            "ratio_of": ("params", "units"),
+            "allocation": ("global", "uniform", None),
+            "head_scaling": ("alpha", "none"),
+            "gqa": ("groups", "query"),
+            "compensation": ("dense", "sequential", "none"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise NumpruneError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.min_heads < 0 or self.min_channels < 0 or self.round_to < 1:
+            raise NumpruneError("min_heads and min_channels must be >= 0 and round_to >= 1")
+        if self.damp < 0 or self.iters < 1 or (self.lam is not None and self.lam <= 0):
+            raise NumpruneError("damp must be >= 0, iters >= 1 and lam > 0 (or None)")
+
+
+def attention_units(heads: Tensor, geo: LayerGeometry, gqa: str) -> tuple[Tensor, int]:
+    """Attention units of one layer from its head scores, and the parameters one unit removes.
+
+    ``groups``: one unit per KV group (mean of its query heads), costing ``D_h * hidden * (2G + 2)``.
+    ``query``: unit ``k`` removes the k-th lowest query head of every group (score: their mean), costing
+    ``KV * D_h * hidden * 2``; the slices are ascending, so any global order prunes them in order.
+    """
+    g = geo.group_size
+    per_group = heads.reshape(geo.num_kv_heads, g)
+    if gqa == "groups":
+        return per_group.mean(dim=1), geo.head_dim * geo.hidden * (2 * g + 2)
+    slices = per_group.sort(dim=1).values.mean(dim=0)[: g - 1]  # at least one query head per group stays
+    return slices, geo.num_kv_heads * geo.head_dim * geo.hidden * 2
+
+
+def kept_heads(heads: Tensor, geo: LayerGeometry, gqa: str, kept_units: Tensor, n_units: int) -> tuple[Tensor, Tensor]:
+    """Kept query heads and KV heads from the kept attention units."""
+    g = geo.group_size
+    if gqa == "groups":
+        kv = kept_units
+        return (kv[:, None] * g + torch.arange(g)).reshape(-1), kv
+    n_pruned = n_units - kept_units.numel()
+    order = heads.reshape(geo.num_kv_heads, g).argsort(dim=1, stable=True)[:, n_pruned:].sort(dim=1).values
+    q = (torch.arange(geo.num_kv_heads)[:, None] * g + order).reshape(-1)
+    return q, torch.arange(geo.num_kv_heads)
+
+
+def _count_params(model: nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def _peak_memory(device: torch.device) -> dict[str, float]:
+    peak = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if device.type == "cuda":
+        peak["peak_device_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return peak
+
+
+def _check_calibration(calibration: Tensor) -> Tensor:
+    if not isinstance(calibration, Tensor) or calibration.ndim != 2 or calibration.numel() == 0:
+        raise NumpruneError("calibration must be a non-empty [nsamples, seqlen] tensor of token ids")
+    if calibration.dtype not in (torch.int32, torch.int64):
+        raise NumpruneError(f"calibration token ids must be integers, got {calibration.dtype}")
+    return calibration.long()
+
+
+@torch.no_grad()
+def prune_(
+    model: nn.Module,
+    *,
+    ratio: float,
+    calibration: Tensor,
+    method: str = "numerical",
+    calibration_info: dict | None = None,
+    **options,
+) -> PruningPlan:
+    """Prune ``model`` in place and return the plan (paper Algorithm 1, Eq. 8 and Eq. 11 for ``numerical``).
+
+    Args:
+        model: a supported causal LM (LLaMA-family, LlamaGen), on any device.
+        ratio: fraction of attention+MLP parameters (or units, ``ratio_of="units"``) to remove, in ``[0, 1)``.
+        calibration: ``[nsamples, seqlen]`` token ids.
+        method: registered method name (``numerical``, ...).
+        calibration_info: how the calibration tensor was made (dataset, source, seed); stored in the plan.
+        **options: any other ``PruneConfig`` field.
+    """
+    try:
+        cfg = PruneConfig(ratio=ratio, method=method, **options)
+    except TypeError as err:
+        raise NumpruneError(str(err)) from None
+    adapter = get_adapter(model)
+    meth = get_method(method)
+    calibration = _check_calibration(calibration)
+    first_param = next(model.parameters())
+    device = torch.device(cfg.device) if cfg.device else first_param.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    params_before = _count_params(model)
+    was_training = model.training
+    model.eval()
+
+    layers = adapter.layers(model)
+    geos = [adapter.geometry(layer) for layer in layers]
+    for i, geo in enumerate(geos):
+        if geo.num_heads == 0 or geo.intermediate == 0:
+            raise NumpruneError(f"layer {i} has no attention heads or no MLP channels left to score")
+
+    # 1. Dense pass: statistics -> scores (the global ranking needs every layer's scores before any mask).
+    scores, cache = _score_pass(model, adapter, meth, cfg, calibration, device, geos)
+
+    # 2. Selection.
+    units = [attention_units(s.heads, g, cfg.gqa) for s, g in zip(scores, geos)]
+    layer_units = [
+        LayerUnits(attn_scores=u, attn_cost=cost, mlp_scores=s.channels, mlp_cost=3 * g.hidden)
+        for (u, cost), s, g in zip(units, scores, geos)
+    ]
+    try:
+        sel = select_units(
+            layer_units,
+            cfg.ratio,
+            ratio_of=cfg.ratio_of,
+            allocation=cfg.allocation or meth.default_allocation,
+            head_scaling=cfg.head_scaling,
+            min_attn=cfg.min_heads,
+            min_mlp=cfg.min_channels,
+            round_to=cfg.round_to,
+        )
+    except ValueError as err:
+        raise NumpruneError(str(err)) from None
+    _check_reached(sel, cfg, layer_units)
+    plans = []
+    for s, g, (u, _), ka, km in zip(scores, geos, units, sel.kept_attn, sel.kept_mlp):
+        q, kv = kept_heads(s.heads, g, cfg.gqa, ka, u.numel())
+        plans.append(LayerPlan(heads=q.tolist(), kv_heads=kv.tolist(), channels=km.tolist()))
+
+    # 3. Repair + surgery.
+    output_bias = meth.adds_bias or any(
+        p is not None and p.bias is not None for layer in layers for p in adapter.out_projections(layer)
+    )
+    _apply(model, adapter, meth, cfg, calibration, device, geos, plans, cache, output_bias)
+    if not cfg.mask_only:
+        adapter.finalize(model, [adapter.geometry(layer) for layer in layers], output_bias)
+    model.train(was_training)
+
+    achieved = {
+        "params_ratio": sel.params_ratio,
+        "units_ratio": sel.units_ratio,
+        "attn_mlp_params_total": sel.params_total,
+        "attn_mlp_params_removed": sel.params_removed,
+        "attn_units_total": sum(u.numel() for u, _ in units),
+        "attn_units_pruned": sum(u.numel() - k.numel() for (u, _), k in zip(units, sel.kept_attn)),
+        "heads_total": sum(g.num_heads for g in geos),
+        "heads_pruned": sum(g.num_heads - len(p.heads) for g, p in zip(geos, plans)),
+        "kv_heads_pruned": sum(g.num_kv_heads - len(p.kv_heads) for g, p in zip(geos, plans)),
+        "channels_total": sum(g.intermediate for g in geos),
+        "channels_pruned": sum(g.intermediate - len(p.channels) for g, p in zip(geos, plans)),
+        "model_params_before": params_before,
+        "model_params_after": _count_params(model) if not cfg.mask_only else params_before - sel.params_removed,
+    }
+    return PruningPlan(
+        layers=plans,
+        dense_shapes=[dataclasses.asdict(g) for g in geos],
+        method=method,
+        ratio=cfg.ratio,
+        options={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ratio", "method", "progress")},
+        achieved=achieved,
+        calibration={"nsamples": calibration.shape[0], "seqlen": calibration.shape[1], **(calibration_info or {})},
+        model={
+            "name_or_path": str(getattr(model.config, "_name_or_path", "")) if hasattr(model, "config") else "",
+            "adapter": adapter.name,
+            "num_layers": len(geos),
+        },
+        timing={"prune_seconds": time.perf_counter() - start, **_peak_memory(device)},
+        versions=_versions(),
+    )
+
+
+def _check_reached(sel: Selection, cfg: PruneConfig, layers: list[LayerUnits]) -> None:
+    """Refuse a ratio that the per-layer minimums make unreachable (it would empty a layer)."""
+    if cfg.allocation == "uniform":
+        return
+    achieved = sel.params_ratio if cfg.ratio_of == "params" else sel.units_ratio
+    slack = max(max(lu.attn_cost, lu.mlp_cost) for lu in layers) / sel.params_total if cfg.ratio_of == "params" else 0
+    if achieved + slack + 1e-9 < cfg.ratio:
+        raise NumpruneError(
+            f"ratio {cfg.ratio} would empty a layer (reached {achieved:.4f} with min_heads={cfg.min_heads}, "
+            f"min_channels={cfg.min_channels}); lower the ratio or allow empty layers with min 0"
+        )
+
+
+def _score_pass(
+    model: nn.Module,
+    adapter: Adapter,
+    meth: Method,
+    cfg: PruneConfig,
+    calibration: Tensor,
+    device: torch.device,
+    geos: list[LayerGeometry],
+) -> tuple[list[LayerScores], list[dict[str, InputStats]] | None]:
+    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress)
+    scores: list[LayerScores] = []
+    stats_bytes = sum(8 * (g.num_heads * g.head_dim) ** 2 + 8 * g.intermediate**2 for g in geos)
+    keep_stats = cfg.compensation == "dense" and stats_bytes <= cfg.stats_cache_gib * 2**30
+    cache: list[dict[str, InputStats]] | None = [] if keep_stats else None
+
+    def visit(i: int, layer: nn.Module) -> list[Tensor]:
+        stats, out = runner.collect(layer, i)
+        o_proj, down_proj = adapter.out_projections(layer)
+        scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
+        if cache is not None:
+            cache.append({k: v.to("cpu") for k, v in stats.items()})
+        return out  # the dense outputs feed the next layer
+
+    runner.walk(visit, desc=f"{meth.name}: calibrate + score")
+    return scores, cache
+
+
+def _apply(
+    model: nn.Module,
+    adapter: Adapter,
+    meth: Method,
+    cfg: PruneConfig,
+    calibration: Tensor,
+    device: torch.device,
+    geos: list[LayerGeometry],
+    plans: list[LayerPlan],
+    cache: list[dict[str, InputStats]] | None,
+    output_bias: bool,
+) -> None:
+    """Repair and cut every layer: from cached dense statistics, from a dense re-pass, or sequentially."""
+    layers = adapter.layers(model)
+
+    def cut(i: int, layer: nn.Module, stats: dict[str, InputStats | None], parts: tuple[str, ...]) -> None:
+        p, g = plans[i], geos[i]
+        o_proj, down_proj = adapter.out_projections(layer)
+        if "attn" in parts:
+            heads = torch.tensor(p.heads, dtype=torch.long)
+            cols = (heads[:, None] * g.head_dim + torch.arange(g.head_dim)).reshape(-1)
+            w, b = meth.repair(_on(stats.get("o_proj"), o_proj.weight), o_proj.weight, cols.to(o_proj.weight.device), cfg)
+            prune_attention_(adapter, layer, g, heads, torch.tensor(p.kv_heads, dtype=torch.long), w, b,
+                             output_bias=output_bias, mask_only=cfg.mask_only)
+        if "mlp" in parts:
+            ch = torch.tensor(p.channels, dtype=torch.long)
+            w, b = meth.repair(_on(stats.get("down_proj"), down_proj.weight), down_proj.weight,
+                               ch.to(down_proj.weight.device), cfg)
+            prune_mlp_(adapter, layer, ch, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
+
+    needs_stats = cfg.compensation != "none" or meth.adds_bias
+    if not needs_stats or cache is not None:
+        for i, layer in enumerate(layers):
+            cut(i, layer, cache[i] if (cache is not None and needs_stats) else {}, ("attn", "mlp"))
+        return
+    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress)
+    if cfg.compensation == "sequential":
+
+        def visit(i: int, layer: nn.Module) -> None:
+            # Inputs come through the already pruned layers; the MLP sees the pruned attention of this layer.
+            stats, _ = runner.collect(layer, i, names=("o_proj",))
+            cut(i, layer, stats, ("attn",))
+            stats, _ = runner.collect(layer, i, names=("down_proj",))
+            cut(i, layer, stats, ("mlp",))
+            return None  # propagate through the pruned layer
+
+        runner.walk(visit, desc=f"{meth.name}: sequential repair")
+    else:
+
+        def visit_dense(i: int, layer: nn.Module) -> list[Tensor]:
+            stats, out = runner.collect(layer, i)
+            cut(i, layer, stats, ("attn", "mlp"))
+            return out  # dense outputs: every layer is repaired against the dense model's inputs
+
+        runner.walk(visit_dense, desc=f"{meth.name}: dense repair")
+
+
+def _on(stats: InputStats | None, like: Tensor) -> InputStats | None:
+    return None if stats is None else stats.to(like.device)
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    from numprune import __version__
+
+    return {"numprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__}

@@ -1,0 +1,55 @@
+"""Save a pruned model so that it reloads with stock transformers (remote code) and with ``load_pruned``.
+
+The folder is written next to its destination and renamed into place at the end, so an interrupted run
+never leaves a half-written model directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from numprune import pruned_model
+from numprune.errors import NumpruneError
+from numprune.plan import PruningPlan
+
+PLAN_FILE = "pruning_plan.json"
+MODELING_FILE = "modeling_numprune.py"
+
+
+def check_output_dir(out: str | Path, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise NumpruneError(f"output directory {out} exists; pass --overwrite to replace it")
+    return out
+
+
+def save_pruned(model: nn.Module, out: str | Path, plan: PruningPlan | None = None, tokenizer=None,
+                overwrite: bool = False) -> Path:
+    """Write safetensors weights, ``config.json`` (per-layer shapes), the modeling file and the plan."""
+    out = check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if getattr(model.config, "auto_map", None):
+            shutil.copyfile(pruned_model.__file__, tmp / MODELING_FILE)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if plan is not None:
+            plan.save(tmp / PLAN_FILE)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_plan(path: str | Path) -> PruningPlan | None:
+    f = Path(path) / PLAN_FILE
+    return PruningPlan.load(f) if f.exists() else None

@@ -1,0 +1,171 @@
+"""From unit scores to kept units: global ranking (paper Eq. 8) or uniform per-layer allocation.
+
+Pure tensor functions. A *unit* is one attention unit (a KV group, or a slice of query heads) or one MLP
+channel. Low score = pruned first. Costs are in parameters, so a ratio can be counted in units (the paper)
+or in parameters of attention + MLP weights (our default, what results tables compare).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+RatioOf = Literal["params", "units"]
+Allocation = Literal["global", "uniform"]
+HeadScaling = Literal["alpha", "none"]
+
+
+@dataclass(frozen=True)
+class LayerUnits:
+    """Scores and per-unit parameter costs of one decoder layer."""
+
+    attn_scores: Tensor  # [n_attn_units]
+    attn_cost: int  # parameters removed with one attention unit
+    mlp_scores: Tensor  # [n_channels]
+    mlp_cost: int  # parameters removed with one MLP channel
+
+    @property
+    def params(self) -> int:
+        return self.attn_scores.numel() * self.attn_cost + self.mlp_scores.numel() * self.mlp_cost
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Kept unit indices per layer (sorted) and what was achieved."""
+
+    kept_attn: list[Tensor]
+    kept_mlp: list[Tensor]
+    params_total: int
+    params_removed: int
+    units_total: int
+    units_removed: int
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_removed / self.params_total
+
+    @property
+    def units_ratio(self) -> float:
+        return self.units_removed / self.units_total
+
+
+def _check(ratio: float, min_attn: int, min_mlp: int, round_to: int) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    if min_attn < 0 or min_mlp < 0:
+        raise ValueError("minimum kept units per layer must be >= 0")
+    if round_to < 1:
+        raise ValueError(f"round_to must be >= 1, got {round_to}")
+
+
+def select_units(
+    layers: list[LayerUnits],
+    ratio: float,
+    *,
+    ratio_of: RatioOf = "params",
+    allocation: Allocation = "global",
+    head_scaling: HeadScaling = "alpha",
+    min_attn: int = 1,
+    min_mlp: int = 1,
+    round_to: int = 1,
+) -> Selection:
+    """Choose which units to prune so that ``ratio`` of the params (or units) goes.
+
+    Global: every layer's attention scores (times ``alpha`` = attention unit cost / channel cost, the paper's
+    ``4 D_h / 3`` for MHA) and channel scores enter one ascending list; units are pruned in that order, skipping
+    any that would leave a layer below ``min_attn`` / ``min_mlp``, until the target is reached (params: the
+    removed count overshoots by less than one unit). Uniform: every layer prunes ``ratio`` of each kind.
+    ``round_to`` then rounds each layer's kept channel count to a multiple (by score within the layer).
+    """
+    _check(ratio, min_attn, min_mlp, round_to)
+    pruned_attn = [torch.zeros(lu.attn_scores.numel(), dtype=torch.bool) for lu in layers]
+    pruned_mlp = [torch.zeros(lu.mlp_scores.numel(), dtype=torch.bool) for lu in layers]
+    params_total = sum(lu.params for lu in layers)
+    units_total = sum(lu.attn_scores.numel() + lu.mlp_scores.numel() for lu in layers)
+
+    if allocation == "uniform":
+        for i, lu in enumerate(layers):
+            for scores, pruned, floor in ((lu.attn_scores, pruned_attn[i], min_attn), (lu.mlp_scores, pruned_mlp[i], min_mlp)):
+                n = scores.numel()
+                k = min(int(round(ratio * n)), max(n - floor, 0))
+                pruned[scores.argsort()[:k]] = True
+    elif allocation == "global":
+        _select_global(layers, ratio, ratio_of, head_scaling, min_attn, min_mlp, pruned_attn, pruned_mlp,
+                       params_total, units_total)
+    else:
+        raise ValueError(f"allocation must be 'global' or 'uniform', got {allocation!r}")
+
+    if round_to > 1:
+        for i, lu in enumerate(layers):
+            pruned_mlp[i] = _round_kept(lu.mlp_scores, pruned_mlp[i], round_to)
+
+    params_removed = sum(
+        int(pa.sum()) * lu.attn_cost + int(pm.sum()) * lu.mlp_cost for lu, pa, pm in zip(layers, pruned_attn, pruned_mlp)
+    )
+    units_removed = sum(int(pa.sum()) + int(pm.sum()) for pa, pm in zip(pruned_attn, pruned_mlp))
+    return Selection(
+        kept_attn=[(~p).nonzero().squeeze(1) for p in pruned_attn],
+        kept_mlp=[(~p).nonzero().squeeze(1) for p in pruned_mlp],
+        params_total=params_total,
+        params_removed=params_removed,
+        units_total=units_total,
+        units_removed=units_removed,
+    )
+
+
+def _select_global(
+    layers: list[LayerUnits],
+    ratio: float,
+    ratio_of: RatioOf,
+    head_scaling: HeadScaling,
+    min_attn: int,
+    min_mlp: int,
+    pruned_attn: list[Tensor],
+    pruned_mlp: list[Tensor],
+    params_total: int,
+    units_total: int,
+) -> None:
+    if ratio_of not in ("params", "units"):
+        raise ValueError(f"ratio_of must be 'params' or 'units', got {ratio_of!r}")
+    if head_scaling not in ("alpha", "none"):
+        raise ValueError(f"head_scaling must be 'alpha' or 'none', got {head_scaling!r}")
+    scores, layer_ids, kinds, index, costs = [], [], [], [], []
+    for i, lu in enumerate(layers):
+        alpha = lu.attn_cost / lu.mlp_cost if head_scaling == "alpha" else 1.0
+        for kind, s, cost in ((0, lu.attn_scores * alpha, lu.attn_cost), (1, lu.mlp_scores, lu.mlp_cost)):
+            n = s.numel()
+            scores.append(s.double().cpu())
+            layer_ids.append(torch.full((n,), i))
+            kinds.append(torch.full((n,), kind))
+            index.append(torch.arange(n))
+            costs.append(torch.full((n,), cost))
+    order = torch.cat(scores).argsort(stable=True).tolist()
+    layer_ids_l, kinds_l = torch.cat(layer_ids).tolist(), torch.cat(kinds).tolist()
+    index_l, costs_l = torch.cat(index).tolist(), torch.cat(costs).tolist()
+
+    target = ratio * params_total if ratio_of == "params" else math.floor(ratio * units_total + 1e-9)
+    left = [[lu.attn_scores.numel() - min_attn, lu.mlp_scores.numel() - min_mlp] for lu in layers]
+    removed = 0
+    for j in order:
+        if removed >= target:
+            break
+        layer, kind = layer_ids_l[j], kinds_l[j]
+        if left[layer][kind] <= 0:
+            continue
+        left[layer][kind] -= 1
+        (pruned_attn if kind == 0 else pruned_mlp)[layer][index_l[j]] = True
+        removed += costs_l[j] if ratio_of == "params" else 1
+
+
+def _round_kept(scores: Tensor, pruned: Tensor, multiple: int) -> Tensor:
+    """Round the kept count to the nearest multiple (at least one multiple, at most all), best scores kept."""
+    n = scores.numel()
+    kept = n - int(pruned.sum())
+    target = min(max(multiple * round(kept / multiple), multiple), n)
+    out = torch.ones(n, dtype=torch.bool)
+    out[scores.argsort(descending=True, stable=True)[:target]] = False
+    return out
