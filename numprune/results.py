@@ -1,0 +1,132 @@
+"""One long-format CSV schema for every experiment; atomic writes; resumable grids.
+
+Every row says exactly how it was produced: model and checkpoint hash, method, ratio asked and achieved,
+seed, calibration set/size/length, evaluation set/length, metric, value, parameter counts, options,
+library versions, git commit and time.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+COLUMNS = [
+    "experiment",
+    "model",
+    "model_hash",
+    "method",
+    "ratio",
+    "ratio_of",
+    "ratio_achieved",
+    "seed",
+    "calib_dataset",
+    "calib_source",
+    "calib_nsamples",
+    "calib_seqlen",
+    "eval_dataset",
+    "eval_source",
+    "eval_seqlen",
+    "eval_windows",
+    "metric",
+    "value",
+    "params_before",
+    "params_after",
+    "heads_pruned",
+    "kv_heads_pruned",
+    "channels_pruned",
+    "options",
+    "versions",
+    "git_commit",
+    "time",
+]
+
+# Columns that identify a row: a rerun of a grid skips rows whose key is already in the file.
+KEY_COLUMNS = ["experiment", "model", "method", "ratio", "seed", "calib_dataset", "calib_nsamples",
+               "calib_seqlen", "eval_dataset", "eval_seqlen", "metric", "options"]
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd or Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def file_hash(path: str | Path, limit_files: int = 64) -> str:
+    """Short sha256 over the weight files of a model folder (or one file); '' when not a local path."""
+    p = Path(path)
+    files = sorted(p.glob("*.safetensors"))[:limit_files] if p.is_dir() else [p] if p.is_file() else []
+    if not files:
+        return ""
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    if value is None:
+        return ""
+    return str(value)
+
+
+def normalise(row: dict[str, Any]) -> dict[str, str]:
+    """A row with every schema column as a string (unknown keys are an error: the schema is the contract)."""
+    unknown = set(row) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"columns not in the results schema: {sorted(unknown)}")
+    out = {c: _cell(row.get(c)) for c in COLUMNS}
+    out["time"] = out["time"] or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return out
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    with open(p, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(_cell(row.get(c)) for c in KEY_COLUMNS)
+
+
+def has_row(path: str | Path, row: dict[str, Any]) -> bool:
+    """Whether a row with the same key is already recorded (for resuming a grid)."""
+    key = row_key(row)
+    return any(row_key(r) == key for r in read_rows(path))
+
+
+def append_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows atomically: the file is rewritten to a temporary file and renamed over the old one."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    all_rows = read_rows(p) + [normalise(r) for r in rows]
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for r in all_rows:
+                writer.writerow({c: r.get(c, "") for c in COLUMNS})
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
