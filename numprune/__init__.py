@@ -2,13 +2,13 @@
 
 __version__ = "0.1.0"
 
-from numprune.compensate import compensate  # noqa: E402
-from numprune.errors import NumpruneError  # noqa: E402
-from numprune.plan import LayerPlan, PruningPlan  # noqa: E402
-from numprune.prune import PruneConfig, prune_  # noqa: E402
-from numprune.pruned_model import load_pruned  # noqa: E402
-from numprune.save import save_pruned  # noqa: E402
-from numprune.score import numerical_score  # noqa: E402
+from numprune.compensate import compensate
+from numprune.errors import NumpruneError
+from numprune.plan import LayerPlan, PruningPlan
+from numprune.prune import PruneConfig, prune_
+from numprune.pruned_model import load_pruned
+from numprune.save import save_pruned
+from numprune.score import numerical_score
 
 __all__ = [
     "LayerPlan",

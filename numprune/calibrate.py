@@ -87,8 +87,9 @@ class _Captured(Exception):
 class LayerwiseRunner:
     """Holds the current hidden states of every calibration sample and walks the decoder layers."""
 
-    def __init__(self, model: nn.Module, adapter: Adapter, samples: Tensor, device: torch.device,
-                 progress: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, adapter: Adapter, samples: Tensor, device: torch.device, progress: bool = True
+    ) -> None:
         self.model, self.adapter, self.device, self.progress = model, adapter, torch.device(device), progress
         self.hidden, self.kwargs = self._capture(samples)
 
@@ -144,8 +145,9 @@ class LayerwiseRunner:
             self.hidden = self.forward(layer) if out is None else out
             layer.to(home)
 
-    def collect(self, layer: nn.Module, index: int, names: tuple[str, ...] = ("o_proj", "down_proj")
-                ) -> tuple[dict[str, InputStats], list[Tensor]]:
+    def collect(
+        self, layer: nn.Module, index: int, names: tuple[str, ...] = ("o_proj", "down_proj")
+    ) -> tuple[dict[str, InputStats], list[Tensor]]:
         """Input statistics of the layer's output projections over all samples, and the layer's outputs."""
         o_proj, down_proj = self.adapter.out_projections(layer)
         modules = {"o_proj": o_proj, "down_proj": down_proj}

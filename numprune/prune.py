@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from numprune.adapters import Adapter, LayerGeometry, get_adapter
+from numprune.adapters.base import head_columns
 from numprune.calibrate import InputStats, LayerwiseRunner
 from numprune.errors import NumpruneError
 from numprune.methods import LayerScores, Method, get_method
@@ -34,7 +35,7 @@ class PruneConfig:
     allocation: Literal["global", "uniform"] | None = None  # None: the method's default
     head_scaling: Literal["alpha", "none"] = "alpha"
     gqa: Literal["groups", "query"] = "groups"  # prune whole KV groups, or query heads within groups
-    min_heads: int = 1  # attention units (KV groups / query heads per group) kept per layer
+    min_heads: int = 1  # per layer: KV groups kept (gqa="groups"), or query heads kept per group ("query")
     min_channels: int = 1
     round_to: int = 1  # round kept MLP channels per layer to a multiple
     compensation: Literal["dense", "sequential", "none"] = "dense"
@@ -42,7 +43,7 @@ class PruneConfig:
     lam: float | None = None  # None: hard-constraint limit
     iters: int = 1
     box: bool = False
-    eps: float = 1e-6
+    eps: float = 1e-5
     mask_only: bool = False
     device: str | None = None  # compute device for calibration (default: where the model is)
     stats_cache_gib: float = 4.0  # keep dense statistics for compensation when they fit, else recompute
@@ -95,7 +96,7 @@ def kept_heads(heads: Tensor, geo: LayerGeometry, gqa: str, kept_units: Tensor, 
     return q, torch.arange(geo.num_kv_heads)
 
 
-def _count_params(model: nn.Module) -> int:
+def count_params(model: nn.Module) -> int:
     seen: set[int] = set()
     total = 0
     for p in model.parameters():
@@ -152,7 +153,7 @@ def prune_(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    params_before = _count_params(model)
+    params_before = count_params(model)
     was_training = model.training
     model.eval()
 
@@ -178,7 +179,8 @@ def prune_(
             ratio_of=cfg.ratio_of,
             allocation=cfg.allocation or meth.default_allocation,
             head_scaling=cfg.head_scaling,
-            min_attn=cfg.min_heads,
+            # query mode: every group keeps >= 1 query head by construction; min_heads counts heads per group
+            min_attn=cfg.min_heads if cfg.gqa == "groups" else max(cfg.min_heads - 1, 0),
             min_mlp=cfg.min_channels,
             round_to=cfg.round_to,
         )
@@ -212,7 +214,7 @@ def prune_(
         "channels_total": sum(g.intermediate for g in geos),
         "channels_pruned": sum(g.intermediate - len(p.channels) for g, p in zip(geos, plans)),
         "model_params_before": params_before,
-        "model_params_after": _count_params(model) if not cfg.mask_only else params_before - sel.params_removed,
+        "model_params_after": count_params(model) if not cfg.mask_only else params_before - sel.params_removed,
     }
     return PruningPlan(
         layers=plans,
@@ -292,14 +294,26 @@ def _apply(
         o_proj, down_proj = adapter.out_projections(layer)
         if "attn" in parts:
             heads = torch.tensor(p.heads, dtype=torch.long)
-            cols = (heads[:, None] * g.head_dim + torch.arange(g.head_dim)).reshape(-1)
-            w, b = meth.repair(_on(stats.get("o_proj"), o_proj.weight), o_proj.weight, cols.to(o_proj.weight.device), cfg)
-            prune_attention_(adapter, layer, g, heads, torch.tensor(p.kv_heads, dtype=torch.long), w, b,
-                             output_bias=output_bias, mask_only=cfg.mask_only)
+            cols = head_columns(g, heads)
+            w, b = meth.repair(
+                _on(stats.get("o_proj"), o_proj.weight), o_proj.weight, cols.to(o_proj.weight.device), cfg
+            )
+            prune_attention_(
+                adapter,
+                layer,
+                g,
+                heads,
+                torch.tensor(p.kv_heads, dtype=torch.long),
+                w,
+                b,
+                output_bias=output_bias,
+                mask_only=cfg.mask_only,
+            )
         if "mlp" in parts:
             ch = torch.tensor(p.channels, dtype=torch.long)
-            w, b = meth.repair(_on(stats.get("down_proj"), down_proj.weight), down_proj.weight,
-                               ch.to(down_proj.weight.device), cfg)
+            w, b = meth.repair(
+                _on(stats.get("down_proj"), down_proj.weight), down_proj.weight, ch.to(down_proj.weight.device), cfg
+            )
             prune_mlp_(adapter, layer, ch, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
 
     needs_stats = cfg.compensation != "none" or meth.adds_bias

@@ -18,6 +18,7 @@ import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
@@ -167,3 +168,10 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None, **kwargs) ->
     model_type = json.loads(cfg_file.read_text()).get("model_type") if cfg_file.exists() else None
     cls = _BY_PRUNED_TYPE.get(model_type, AutoModelForCausalLM)
     return cls.from_pretrained(path, dtype=dtype, **kwargs)
+
+
+# Register the pruned types so that AutoConfig / AutoTokenizer / AutoModelForCausalLM resolve them in-process
+# without remote code (the copied modeling file registers itself again; exist_ok makes that harmless).
+for _cfg_cls, _model_cls in PRUNED_CLASSES.values():
+    AutoConfig.register(_cfg_cls.model_type, _cfg_cls, exist_ok=True)
+    AutoModelForCausalLM.register(_cfg_cls, _model_cls, exist_ok=True)

@@ -49,16 +49,38 @@ COLUMNS = [
 ]
 
 # Columns that identify a row: a rerun of a grid skips rows whose key is already in the file.
-KEY_COLUMNS = ["experiment", "model", "method", "ratio", "seed", "calib_dataset", "calib_nsamples",
-               "calib_seqlen", "eval_dataset", "eval_seqlen", "metric", "options"]
+KEY_COLUMNS = [
+    "experiment",
+    "model",
+    "method",
+    "ratio",
+    "seed",
+    "calib_dataset",
+    "calib_nsamples",
+    "calib_seqlen",
+    "eval_dataset",
+    "eval_seqlen",
+    "metric",
+    "options",
+]
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd or Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=cwd or Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd or Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else ""
     except (OSError, subprocess.TimeoutExpired):
         return ""

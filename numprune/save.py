@@ -27,8 +27,9 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def save_pruned(model: nn.Module, out: str | Path, plan: PruningPlan | None = None, tokenizer=None,
-                overwrite: bool = False) -> Path:
+def save_pruned(
+    model: nn.Module, out: str | Path, plan: PruningPlan | None = None, tokenizer=None, overwrite: bool = False
+) -> Path:
     """Write safetensors weights, ``config.json`` (per-layer shapes), the modeling file and the plan."""
     out = check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ def numerical_score(
     lam: float | None = None,
     iters: int = 1,
     box: bool = False,
-    eps: float = 1e-6,
+    eps: float = 1e-5,
     z0: Tensor | None = None,
 ) -> Tensor:
     """Score every input channel of one projection by the relaxed-mask minimiser (Algorithm 1).
@@ -110,7 +110,7 @@ def numerical_score(
 
 
 def newton_iterations(
-    gram: Tensor, weight: Tensor, ratio: float, lam: float | None, iters: int, z0: Tensor, eps: float = 1e-6
+    gram: Tensor, weight: Tensor, ratio: float, lam: float | None, iters: int, z0: Tensor, eps: float = 1e-5
 ) -> Tensor:
     """Plain (unprojected) Newton iterations of Algorithm 1 from ``z0``; the test oracle for the closed form."""
     a = channel_interaction(gram, weight)

@@ -89,13 +89,17 @@ def select_units(
 
     if allocation == "uniform":
         for i, lu in enumerate(layers):
-            for scores, pruned, floor in ((lu.attn_scores, pruned_attn[i], min_attn), (lu.mlp_scores, pruned_mlp[i], min_mlp)):
+            for scores, pruned, floor in (
+                (lu.attn_scores, pruned_attn[i], min_attn),
+                (lu.mlp_scores, pruned_mlp[i], min_mlp),
+            ):
                 n = scores.numel()
-                k = min(int(round(ratio * n)), max(n - floor, 0))
+                k = min(round(ratio * n), max(n - floor, 0))
                 pruned[scores.argsort()[:k]] = True
     elif allocation == "global":
-        _select_global(layers, ratio, ratio_of, head_scaling, min_attn, min_mlp, pruned_attn, pruned_mlp,
-                       params_total, units_total)
+        _select_global(
+            layers, ratio, ratio_of, head_scaling, min_attn, min_mlp, pruned_attn, pruned_mlp, params_total, units_total
+        )
     else:
         raise ValueError(f"allocation must be 'global' or 'uniform', got {allocation!r}")
 
@@ -104,7 +108,8 @@ def select_units(
             pruned_mlp[i] = _round_kept(lu.mlp_scores, pruned_mlp[i], round_to)
 
     params_removed = sum(
-        int(pa.sum()) * lu.attn_cost + int(pm.sum()) * lu.mlp_cost for lu, pa, pm in zip(layers, pruned_attn, pruned_mlp)
+        int(pa.sum()) * lu.attn_cost + int(pm.sum()) * lu.mlp_cost
+        for lu, pa, pm in zip(layers, pruned_attn, pruned_mlp)
     )
     units_removed = sum(int(pa.sum()) + int(pm.sum()) for pa, pm in zip(pruned_attn, pruned_mlp))
     return Selection(

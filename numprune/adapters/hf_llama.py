@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from huggingface_hub.errors import StrictDataclassError
 from torch import Tensor, nn
 
 from numprune.adapters.base import LayerGeometry
@@ -58,13 +59,22 @@ class HFLlamaAdapter:
         return output[0] if isinstance(output, tuple) else output
 
     def finalize(self, model: nn.Module, shapes: list[LayerGeometry], output_bias: bool) -> None:
-        """Replace the config by a per-layer one, or a stock one where every layer kept the same counts."""
+        """Replace the config by a per-layer one, or a stock one where every layer kept the same counts (and
+        the stock class accepts them: it refuses a hidden size that is not a multiple of the head count)."""
         cfg = model.config
         base = base_model_type(model)
         stock_cls = PRUNED_CLASSES[base][0].__mro__[1]
         fields = cfg.to_dict()
-        for key in ("layer_num_heads", "layer_num_kv_heads", "layer_intermediate_sizes", "output_bias",
-                    "auto_map", "architectures", "model_type", "transformers_version"):
+        for key in (
+            "layer_num_heads",
+            "layer_num_kv_heads",
+            "layer_intermediate_sizes",
+            "output_bias",
+            "auto_map",
+            "architectures",
+            "model_type",
+            "transformers_version",
+        ):
             fields.pop(key, None)
         heads = [s.num_heads for s in shapes]
         kvs = [s.num_kv_heads for s in shapes]
@@ -72,11 +82,17 @@ class HFLlamaAdapter:
         head_dim = next((s.head_dim for s in shapes if s.head_dim), getattr(cfg, "head_dim", None))
         fields["head_dim"] = head_dim
         uniform = len(set(heads)) == len(set(kvs)) == len(set(inters)) == 1 and heads[0] > 0 and inters[0] > 0
+        new = None
         if uniform and not output_bias:
-            fields.update(num_attention_heads=heads[0], num_key_value_heads=kvs[0], intermediate_size=inters[0])
-            new = stock_cls(**fields)
-            new.architectures = [model.__class__.__name__.removeprefix("Numpruned")]
-        else:
+            fields_stock = dict(
+                fields, num_attention_heads=heads[0], num_key_value_heads=kvs[0], intermediate_size=inters[0]
+            )
+            try:
+                new = stock_cls(**fields_stock)
+                new.architectures = [model.__class__.__name__.removeprefix("Numpruned")]
+            except (ValueError, StrictDataclassError):
+                new = None  # stock configs refuse hidden % heads != 0: fall back to the per-layer config
+        if new is None:
             cfg_cls, model_cls = PRUNED_CLASSES[base]
             new = cfg_cls(
                 **fields,

@@ -1,0 +1,163 @@
+"""``numprune`` command line: ``prune`` and ``eval`` (and the subcommands other modules register).
+
+Bad input ends with one line ``numprune: error: ...`` and exit status 2; nothing partial is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+
+import torch
+
+from numprune.errors import NumpruneError
+
+# name -> function that adds a subparser (with ``set_defaults(func=handler)``); other modules append here.
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
+
+
+def command(name: str):
+    def register(fn: Callable[[argparse._SubParsersAction], None]):
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--option takes KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.replace("-", "_"), value
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+@command("prune")
+def _add_prune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="prune a model and save it (safetensors + config + plan)")
+    p.add_argument("--model", default="smollm2", help="'smollm2' (PyPI SmolLM2-135M), a hub id or a local folder")
+    p.add_argument("--method", default="numerical")
+    p.add_argument("--ratio", type=float, required=True, help="fraction of attention+MLP params to remove")
+    p.add_argument("--calib", default="wikitext2", help="wikitext2|ptb|c4[:split] (default split train) or a file")
+    p.add_argument("--nsamples", type=int, default=128)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (refused if it exists, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--data-dir", default=None, help="local corpora (default $NUMPRUNE_DATA_DIR)")
+    p.add_argument("--device", default=None, help="compute device for calibration (model stays on the CPU)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument(
+        "--option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any PruneConfig field, e.g. compensation=sequential, ratio_of=units, lam=1.0",
+    )
+    p.set_defaults(func=run_prune)
+
+
+def run_prune(args: argparse.Namespace) -> None:
+    from numprune.data import calibration_windows, load_corpus
+    from numprune.hub import load_model
+    from numprune.prune import PruneConfig, prune_
+    from numprune.save import check_output_dir, save_pruned
+
+    options = dict(args.option)
+    known = {f.name for f in dataclasses.fields(PruneConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise NumpruneError(f"unknown --option {', '.join(unknown)}; fields: {', '.join(sorted(known))}")
+    PruneConfig(ratio=args.ratio, method=args.method, **options)  # validate before any heavy work
+    check_output_dir(args.out, args.overwrite)
+    corpus = load_corpus(args.calib, args.data_dir, default_split="train")
+    model, tok = load_model(args.model, dtype=_dtype(args.dtype))
+    calib = calibration_windows(corpus, tok, args.nsamples, args.seqlen, seed=args.seed)
+    info = {"dataset": f"{corpus.name}:{corpus.split}", "source": corpus.source, "seed": args.seed}
+    plan = prune_(
+        model,
+        ratio=args.ratio,
+        calibration=calib,
+        method=args.method,
+        calibration_info=info,
+        device=args.device,
+        seed=args.seed,
+        **options,
+    )
+    plan.model["name_or_path"] = args.model
+    save_pruned(model, args.out, plan, tokenizer=tok, overwrite=args.overwrite)
+    print(json.dumps({"out": str(args.out), "summary": plan.summary(), **plan.achieved, **plan.timing}))
+
+
+@command("eval")
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="token-level perplexity over non-overlapping windows")
+    p.add_argument("--model", default="smollm2", help="'smollm2', a hub id, or a folder (dense or pruned)")
+    p.add_argument("--dataset", default="wikitext2", help="wikitext2|ptb|c4[:split] (default test) or a file")
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from numprune.data import eval_windows, load_corpus
+    from numprune.eval.perplexity import perplexity
+    from numprune.hub import load_model
+    from numprune.prune import count_params
+
+    corpus = load_corpus(args.dataset, args.data_dir)
+    model, tok = load_model(args.model, dtype=_dtype(args.dtype), device=args.device)
+    windows = eval_windows(corpus, tok, args.seqlen, args.max_windows)
+    result = perplexity(model, windows, batch_size=args.batch_size)
+    print(
+        json.dumps(
+            {
+                **result,
+                "seqlen": args.seqlen,
+                "dataset": f"{corpus.name}:{corpus.split}",
+                "source": corpus.source,
+                "params": count_params(model),
+                "model": args.model,
+            }
+        )
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="numprune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except NumpruneError as err:
+        print(f"numprune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("numprune: interrupted; nothing was saved", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Corpora: local files, protocols, windows, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from numprune.data import calibration_windows, eval_windows, load_corpus, parse_name
+from numprune.errors import NumpruneError
+
+
+class CharTokenizer:
+    """One token per byte: makes window arithmetic exact."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": list(text.encode())}
+
+
+def test_parse_names():
+    assert parse_name("wikitext2") == ("wikitext2", "test")
+    assert parse_name("wikitext2:valid") == ("wikitext2", "validation")
+    assert parse_name("ptb", default_split="train") == ("ptb", "train")
+    with pytest.raises(NumpruneError, match="unknown dataset"):
+        parse_name("imagenet")
+    with pytest.raises(NumpruneError, match="no test split"):
+        parse_name("c4:test")
+
+
+def test_local_files_and_ptb_protocol(shared_data):
+    wiki = load_corpus("wikitext2", shared_data)
+    assert wiki.source.endswith("wikitext2/wiki.test.raw") and len(wiki.text) > 1_000_000
+    ptb = load_corpus("ptb", shared_data)
+    # 3,761 sentences, 82,430 tokens counting one end-of-sentence each (data README): 78,669 words, one " " apart
+    assert "\n" not in ptb.text and len(ptb.text.split(" ")) == 82_430 - 3_761
+    valid = load_corpus("wikitext2:validation", shared_data)
+    assert valid.source.endswith("wiki.valid.tokens")
+
+
+def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(NumpruneError, match="could not be loaded"):
+        load_corpus("wikitext2:train", tmp_path)
+
+
+def test_text_file_and_windows(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("abcdefghij" * 10)
+    corpus = load_corpus(str(f))
+    windows = eval_windows(corpus, CharTokenizer(), seqlen=30)
+    assert windows.shape == (3, 30)  # 100 tokens -> 3 non-overlapping windows
+    assert bytes(windows[1].tolist()).decode() == ("abcdefghij" * 10)[30:60]
+    calib = calibration_windows(corpus, CharTokenizer(), nsamples=5, seqlen=20, seed=3)
+    again = calibration_windows(corpus, CharTokenizer(), nsamples=5, seqlen=20, seed=3)
+    assert calib.shape == (5, 20) and torch.equal(calib, again)
+    with pytest.raises(NumpruneError, match="too short"):
+        calibration_windows(corpus, CharTokenizer(), nsamples=2, seqlen=500)
