@@ -93,8 +93,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         vq_cfg = VQConfig(ch=32, ch_mult=[1, 1], z_channels=32, usage_buffer=0) if args.tiny else VQConfig()
         vq = VQModel(vq_cfg).to(device).eval()
     g = torch.Generator().manual_seed(args.seed)
-    calib = torch.cat([torch.randint(0, cfg.num_classes, (args.calib_samples, 1), generator=g),
-                       torch.randint(0, cfg.vocab_size, (args.calib_samples, cfg.block_size - 1), generator=g)], 1)
+    calib = torch.cat(
+        [
+            torch.randint(0, cfg.num_classes, (args.calib_samples, 1), generator=g),
+            torch.randint(0, cfg.vocab_size, (args.calib_samples, cfg.block_size - 1), generator=g),
+        ],
+        1,
+    )
     base = {
         "experiment": "llamagen_speed",
         "model": f"LlamaGen-{name}(random-init)",
@@ -107,15 +112,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "git_commit": git_commit(),
         "versions": {"torch": torch.__version__},
     }
-    opts = {"batch_size": args.batch_size, "cfg_scale": args.cfg_scale, "dtype": str(dtype), "device": device.type,
-            "decode": args.decode, "kv_cache": True, "repeats": args.repeats}
+    opts = {
+        "batch_size": args.batch_size,
+        "cfg_scale": args.cfg_scale,
+        "dtype": str(dtype),
+        "device": device.type,
+        "decode": args.decode,
+        "kv_cache": True,
+        "repeats": args.repeats,
+    }
     params = sum(p.numel() for p in dense.parameters())
     out_rows = []
 
     def record(method: str, ratio: float, m: dict[str, float], extra: dict) -> None:
         for metric, value in m.items():
-            out_rows.append({**base, "method": method, "ratio": ratio, "metric": metric, "value": f"{value:.6g}",
-                             "options": opts, **extra})
+            out_rows.append(
+                {
+                    **base,
+                    "method": method,
+                    "ratio": ratio,
+                    "metric": metric,
+                    "value": f"{value:.6g}",
+                    "options": opts,
+                    **extra,
+                }
+            )
         print(f"{method:>10} {ratio:.2f}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()), flush=True)
 
     record("dense", 0.0, measure(dense, vq, args, device), {"params_before": params, "params_after": params})
@@ -123,10 +144,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model = copy.deepcopy(dense)
         plan = prune_(model, ratio=ratio, calibration=calib, progress=False)
         a = plan.achieved
-        record("numerical", ratio, measure(model, vq, args, device), {
-            "ratio_of": "params", "ratio_achieved": a["params_ratio"], "params_before": a["model_params_before"],
-            "params_after": a["model_params_after"], "heads_pruned": a["heads_pruned"],
-            "channels_pruned": a["channels_pruned"]})
+        record(
+            "numerical",
+            ratio,
+            measure(model, vq, args, device),
+            {
+                "ratio_of": "params",
+                "ratio_achieved": a["params_ratio"],
+                "params_before": a["model_params_before"],
+                "params_after": a["model_params_after"],
+                "heads_pruned": a["heads_pruned"],
+                "channels_pruned": a["channels_pruned"],
+            },
+        )
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

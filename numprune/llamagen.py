@@ -44,8 +44,9 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     return logits
 
 
-def sample_next(logits: Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None
-                ) -> Tensor:
+def sample_next(
+    logits: Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None
+) -> Tensor:
     """``logits [B, V]`` -> token ids ``[B]``."""
     logits = filter_logits(logits / max(temperature, 1e-5), top_k, top_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
@@ -138,9 +139,16 @@ def generate_images(
     classes = torch.as_tensor(classes, dtype=torch.long)
     images = []
     for j, start in enumerate(range(0, len(classes), batch_size)):
-        toks = generate_tokens(model, classes[start : start + batch_size], cfg_scale=cfg_scale,
-                               cfg_interval=cfg_interval, temperature=temperature, top_k=top_k, top_p=top_p,
-                               seed=seed + j)
+        toks = generate_tokens(
+            model,
+            classes[start : start + batch_size],
+            cfg_scale=cfg_scale,
+            cfg_interval=cfg_interval,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed + j,
+        )
         images.append(tokens_to_images(vq, toks, eval_size))
     arr = np.concatenate(images) if images else np.zeros((0, eval_size or 0, eval_size or 0, 3), np.uint8)
     if out_dir is not None:
@@ -182,7 +190,8 @@ def calibration_tokens(
     rows = []
     for j, start in enumerate(range(0, len(ids), batch_size)):
         cls = ids[start : start + batch_size]
-        toks = generate_tokens(model, cls, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
-                               top_p=top_p, seed=seed + j)
+        toks = generate_tokens(
+            model, cls, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed + j
+        )
         rows.append(torch.cat([cls[:, None].to(toks.device), toks[:, :-1]], dim=1).cpu())
     return torch.cat(rows)

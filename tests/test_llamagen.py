@@ -46,8 +46,13 @@ def rows(model: LlamaGen, n: int = 3, seed: int = 0) -> torch.Tensor:
 
 
 def test_official_configs_have_the_published_sizes():
-    expected = {"GPT-B": 110_888_448, "GPT-L": 342_910_976, "GPT-XL": 774_699_520, "GPT-XXL": 1_410_972_672,
-                "GPT-3B": 3_096_659_200}
+    expected = {
+        "GPT-B": 110_888_448,
+        "GPT-L": 342_910_976,
+        "GPT-XL": 774_699_520,
+        "GPT-XXL": 1_410_972_672,
+        "GPT-3B": 3_096_659_200,
+    }
     for name, count in expected.items():
         with torch.device("meta"):
             model = LlamaGen(llamagen_config(name))
@@ -136,8 +141,17 @@ def test_calibration_rows_put_the_class_first():
 
 def test_generate_images_writes_pngs_and_adm_npz(tmp_path):
     model, vq = tiny(torch.float32), tiny_vq()
-    arr = generate_images(model, vq, [0, 1, 2], batch_size=2, cfg_scale=1.5, eval_size=12, seed=0,
-                          out_dir=tmp_path / "png", npz_path=tmp_path / "samples.npz")
+    arr = generate_images(
+        model,
+        vq,
+        [0, 1, 2],
+        batch_size=2,
+        cfg_scale=1.5,
+        eval_size=12,
+        seed=0,
+        out_dir=tmp_path / "png",
+        npz_path=tmp_path / "samples.npz",
+    )
     assert arr.shape == (3, 12, 12, 3) and arr.dtype == np.uint8
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["000000.png", "000001.png", "000002.png"]
     with np.load(tmp_path / "samples.npz") as data:
@@ -209,8 +223,10 @@ def test_masked_equals_physically_pruned_logits():
     assert [layer.attention.kv_cache.k_cache.shape[1] for layer in physical.layers] == heads
     physical.clear_caches()
     cls = torch.tensor([1, 2])
-    assert torch.equal(generate_tokens(physical, cls, cfg_scale=2.0, seed=0),
-                       generate_tokens(physical, cls, cfg_scale=2.0, seed=0, use_cache=False))
+    assert torch.equal(
+        generate_tokens(physical, cls, cfg_scale=2.0, seed=0),
+        generate_tokens(physical, cls, cfg_scale=2.0, seed=0, use_cache=False),
+    )
 
 
 def test_pruned_model_saves_and_reloads_identically(tmp_path):
@@ -236,8 +252,10 @@ class _BiasMethod:
         from numprune.methods import LayerScores
 
         ch = stats["o_proj"].variance * o_weight.double().pow(2).sum(0)
-        return LayerScores(heads=ch.reshape(geo.num_heads, geo.head_dim).mean(1),
-                           channels=stats["down_proj"].variance * down_weight.double().pow(2).sum(0))
+        return LayerScores(
+            heads=ch.reshape(geo.num_heads, geo.head_dim).mean(1),
+            channels=stats["down_proj"].variance * down_weight.double().pow(2).sum(0),
+        )
 
     def repair(self, stats, weight, keep, cfg):
         mask = torch.ones(weight.shape[1], dtype=torch.bool)
@@ -247,7 +265,7 @@ class _BiasMethod:
 
 def test_bias_adding_methods_work_and_reload(tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "test-bias", _BiasMethod)
-    _, masked, physical, plan = _prune_pair(0.25, method="test-bias")
+    _, masked, physical, _ = _prune_pair(0.25, method="test-bias")
     assert physical.config.output_bias and physical.layers[0].attention.wo.bias is not None
     x = rows(physical, 2, seed=4)
     assert torch.allclose(masked(x), physical(x), atol=1e-10)

@@ -89,11 +89,11 @@ class Features:
 @torch.no_grad()
 def extract_features(images: np.ndarray | Tensor, extractor: nn.Module, batch_size: int = 64) -> Features:
     """Features of uint8 images (``[N, H, W, 3]`` array or ``[N, 3, H, W]`` tensor; any size)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2) if isinstance(images, np.ndarray) \
-        else images
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2) if isinstance(images, np.ndarray) else images
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected uint8 images [N, H, W, 3] (array) or [N, 3, H, W] (tensor), got "
-                         f"{tuple(x.shape)} {x.dtype}")
+        raise ValueError(
+            f"expected uint8 images [N, H, W, 3] (array) or [N, 3, H, W] (tensor), got {tuple(x.shape)} {x.dtype}"
+        )
     device = next(extractor.parameters()).device
     grabbed: list[Tensor] = []
     hook = extractor.Mixed_6d.branch1x1.register_forward_hook(
@@ -154,11 +154,73 @@ def statistics(features: Tensor) -> dict[str, np.ndarray]:
 
 
 def frechet_distance(stats1: dict[str, np.ndarray], stats2: dict[str, np.ndarray]) -> float:
-    """torch-fidelity's FID formula on two (mu, sigma) pairs, both in float64."""
+    """torch-fidelity's FID formula on two (mu, sigma) pairs, both in float64 (O(D^3): ~seconds at D = 2048)."""
     metric_fid = _fidelity()[1]
-    as64 = [{"mu": np.asarray(s["mu"], np.float64), "sigma": np.asarray(s["sigma"], np.float64)} for s in
-            (stats1, stats2)]
+    as64 = [
+        {"mu": np.asarray(s["mu"], np.float64), "sigma": np.asarray(s["sigma"], np.float64)} for s in (stats1, stats2)
+    ]
     return float(metric_fid.fid_statistics_to_metric(as64[0], as64[1], verbose=False)["frechet_inception_distance"])
+
+
+def frechet_distance_features(gen: Tensor, stats: dict[str, np.ndarray]) -> float:
+    """The same Frechet distance from generated features ``[n, D]`` and real (mu, sigma), exact and cheap when
+    ``n <= D`` (quick small-N evaluations, tests).
+
+    With centred features ``C`` (``S_1 = C^T C / (n - 1)``) the non-zero eigenvalues of ``S_1 S_2`` are those of
+    the ``n x n`` PSD matrix ``C S_2 C^T / (n - 1)``, so ``tr sqrt(S_1 S_2)`` needs one small symmetric
+    eigenproblem instead of a general ``D x D`` one (seconds at D = 2048 on a CPU).
+    """
+    x = gen.double()
+    c, d = x - x.mean(0), len(x) - 1
+    mu2, sigma2 = (torch.as_tensor(np.asarray(stats[k]), dtype=torch.float64) for k in ("mu", "sigma"))
+    inner = c @ sigma2 @ c.T / d  # [n, n]
+    tr_sqrt = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
+    diff = x.mean(0) - mu2
+    return float(diff @ diff + c.pow(2).sum() / d + sigma2.trace() - 2 * tr_sqrt)
+
+
+def _fid(gen: Tensor, real: Tensor | None, real_stats: dict[str, np.ndarray] | None) -> float:
+    stats = real_stats if real_stats is not None else statistics(real)
+    if len(gen) <= gen.shape[1]:
+        return frechet_distance_features(gen, stats)
+    return frechet_distance(statistics(gen), stats)
+
+
+def metrics_from_features(
+    gen: Features,
+    real: Features | None = None,
+    real_stats: dict[str, np.ndarray] | None = None,
+    metrics: Sequence[str] = ("fid", "sfid", "is", "precision", "recall"),
+    isc_splits: int = 10,
+    isc_shuffle: bool = False,
+    prc_neighborhood: int = 3,
+) -> dict[str, float]:
+    """Metrics of generated features against real features and/or stored statistics (``mu``, ``sigma``,
+    ``mu_s``, ``sigma_s``: used for FID / sFID when given, as ADM's evaluator; P/R always need real features)."""
+    _, _, metric_isc, metric_prc = _fidelity()
+    unknown = set(metrics) - {"fid", "sfid", "is", "precision", "recall"}
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}")
+    out: dict[str, float] = {"num_generated": float(len(gen.pool))}
+    if "fid" in metrics:
+        stats = None if real_stats is None else {"mu": real_stats["mu"], "sigma": real_stats["sigma"]}
+        out["fid"] = _fid(gen.pool, None if stats else real.pool, stats)
+    if "sfid" in metrics:
+        stats = None
+        if real_stats is not None:
+            if "mu_s" not in real_stats:
+                raise ValueError("the reference statistics have no mu_s / sigma_s for sFID")
+            stats = {"mu": real_stats["mu_s"], "sigma": real_stats["sigma_s"]}
+        out["sfid"] = _fid(gen.spatial, None if stats else real.spatial, stats)
+    if "is" in metrics:
+        isc = metric_isc.isc_features_to_metric(gen.logits, splits=isc_splits, shuffle=isc_shuffle)
+        out["is"], out["is_std"] = isc["inception_score_mean"], isc["inception_score_std"]
+    if {"precision", "recall"} & set(metrics):
+        if real is None:
+            raise ValueError("precision / recall need real images (features), not only statistics")
+        prc = metric_prc.prc_features_to_metric(gen.pool, real.pool, prc_neighborhood=prc_neighborhood, verbose=False)
+        out["precision"], out["recall"] = prc["precision"], prc["recall"]
+    return out
 
 
 def compute_metrics(
@@ -177,39 +239,17 @@ def compute_metrics(
     """Image metrics of ``generated`` (input1) against ``real`` (input2): folders, ``.npz`` files or arrays.
 
     IS uses ``isc_splits`` chunks in file order (ADM: 5000-image chunks of 50k, i.e. 10 splits, no shuffle).
-    TF32 is switched off while features are computed (LlamaGen's sampler turns it on globally).
+    P/R use Inception pool3 features as ADM (torch-fidelity's own ``calculate_metrics(prc=True)`` defaults to
+    VGG-16 features instead). TF32 is off while features are computed (LlamaGen's sampler turns it on).
     """
-    _, _, metric_isc, metric_prc = _fidelity()
-    unknown = set(metrics) - {"fid", "sfid", "is", "precision", "recall"}
-    if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}")
     ref = real if isinstance(real, Reference) else load_reference(real)
     net = extractor if extractor is not None else load_inception(weights_path, device)
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         gen = extract_features(load_images(generated), net, batch_size)
-        needs_real = {"precision", "recall"} & set(metrics) or ref.stats is None
+        needs_real = bool({"precision", "recall"} & set(metrics)) or ref.stats is None
         real_f = extract_features(ref.images, net, batch_size) if needs_real else None
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    out: dict[str, float] = {"num_generated": float(len(gen.pool))}
-    if ref.stats is not None:
-        real_pool = {"mu": ref.stats["mu"], "sigma": ref.stats["sigma"]}
-        real_spatial = {"mu": ref.stats.get("mu_s"), "sigma": ref.stats.get("sigma_s")}
-    else:
-        real_pool, real_spatial = statistics(real_f.pool), statistics(real_f.spatial)
-    if "fid" in metrics:
-        out["fid"] = frechet_distance(statistics(gen.pool), real_pool)
-    if "sfid" in metrics:
-        if real_spatial["mu"] is None:
-            raise ValueError("the reference statistics have no mu_s / sigma_s for sFID")
-        out["sfid"] = frechet_distance(statistics(gen.spatial), real_spatial)
-    if "is" in metrics:
-        isc = metric_isc.isc_features_to_metric(gen.logits, splits=isc_splits, shuffle=isc_shuffle)
-        out["is"], out["is_std"] = isc["inception_score_mean"], isc["inception_score_std"]
-    if {"precision", "recall"} & set(metrics):
-        prc = metric_prc.prc_features_to_metric(gen.pool, real_f.pool, prc_neighborhood=prc_neighborhood,
-                                                verbose=False)
-        out["precision"], out["recall"] = prc["precision"], prc["recall"]
-    return out
+    return metrics_from_features(gen, real_f, ref.stats, metrics, isc_splits, isc_shuffle, prc_neighborhood)

@@ -37,9 +37,7 @@ def read_state_dict(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tens
     return sd
 
 
-def check_keys(
-    model: nn.Module, state_dict: Mapping[str, Tensor], ignore: Iterable[str] = ()
-) -> dict[str, Tensor]:
+def check_keys(model: nn.Module, state_dict: Mapping[str, Tensor], ignore: Iterable[str] = ()) -> dict[str, Tensor]:
     """The state dict without the ignored extras; raises if keys are missing, unexpected or mis-shaped.
 
     ``ignore``: regular expressions of keys that may appear in a checkpoint but are not model state

@@ -127,8 +127,9 @@ class Attention(nn.Module):
         self.wo = nn.Linear(inner, dim, bias=output_bias)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, freqs_cis: Tensor, input_pos: Tensor | None = None, mask: Tensor | None = None
-                ) -> Tensor:
+    def forward(
+        self, x: Tensor, freqs_cis: Tensor, input_pos: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
         b, s, _ = x.shape
         inner = self.n_head * self.head_dim
         q, k, v = self.wqkv(x).split([inner, inner, inner], dim=-1)
@@ -178,8 +179,9 @@ class TransformerBlock(nn.Module):
         if ffn_dim == 0:
             self.resize_mlp(0, cfg.output_bias)
 
-    def forward(self, x: Tensor, freqs_cis: Tensor, input_pos: Tensor | None = None, mask: Tensor | None = None
-                ) -> Tensor:
+    def forward(
+        self, x: Tensor, freqs_cis: Tensor, input_pos: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
         h = x + self.attention(self.attention_norm(x), freqs_cis, input_pos, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -251,8 +253,9 @@ class LlamaGen(nn.Module):
         for layer in self.layers:
             attn = layer.attention
             if attn.n_head:
-                attn.kv_cache = KVCache(max_batch, attn.n_head, max_seq, layer.head_dim, dtype or like.dtype,
-                                        like.device)
+                attn.kv_cache = KVCache(
+                    max_batch, attn.n_head, max_seq, layer.head_dim, dtype or like.dtype, like.device
+                )
         self.max_seq = max_seq
 
     def clear_caches(self) -> None:
@@ -287,7 +290,11 @@ class LlamaGen(nn.Module):
         return self.output(self.norm(h)).float()
 
 
-def build_llamagen(cfg: LlamaGenConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                   seed: int | None = 0) -> LlamaGen:
+def build_llamagen(
+    cfg: LlamaGenConfig,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int | None = 0,
+) -> LlamaGen:
     """A randomly initialised model (``init_weights_``) on ``device`` in ``dtype``."""
     return LlamaGen(cfg).init_weights_(seed=seed).to(device=device, dtype=dtype)

@@ -39,8 +39,12 @@ def load_official_gpt(
     return load_gpt_state(cfg, read_state_dict(source), device=device, dtype=dtype)
 
 
-def load_gpt_state(cfg: LlamaGenConfig, state_dict: Mapping[str, Tensor], device: torch.device | str = "cpu",
-                   dtype: torch.dtype | None = None) -> LlamaGen:
+def load_gpt_state(
+    cfg: LlamaGenConfig,
+    state_dict: Mapping[str, Tensor],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> LlamaGen:
     with torch.device("meta"):
         model = LlamaGen(cfg)
     load_checked_(model, state_dict, GPT_IGNORED_KEYS, dtype=dtype)
@@ -59,8 +63,7 @@ def official_state_dict(model: LlamaGen) -> dict[str, Tensor]:
     return {k: v for k, v in model.state_dict().items() if "kv_cache" not in k}
 
 
-def save_llamagen(model: LlamaGen, out: str | Path, plan: PruningPlan | None = None, overwrite: bool = False
-                  ) -> Path:
+def save_llamagen(model: LlamaGen, out: str | Path, plan: PruningPlan | None = None, overwrite: bool = False) -> Path:
     """Write ``llamagen_config.json`` (per-layer heads / MLP widths), ``model.safetensors`` and the plan;
     the folder is built next to ``out`` and renamed into place."""
     from safetensors.torch import save_file
@@ -86,8 +89,7 @@ def save_llamagen(model: LlamaGen, out: str | Path, plan: PruningPlan | None = N
     return out
 
 
-def load_llamagen(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
-                  ) -> LlamaGen:
+def load_llamagen(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LlamaGen:
     """Reload a model written by ``save_llamagen`` (dense or pruned), with the strict key check."""
     path = Path(path)
     fields = json.loads((path / CONFIG_FILE).read_text())

@@ -8,6 +8,7 @@ one more ResnetBlock per level and nearest x2 upsampling; its output is roughly 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,7 +198,7 @@ class VQModel(nn.Module):
     def decode_code(self, codes: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
         """Codes ``[B, H*W]`` (raster order; square grid if ``grid`` is None) -> images ``[B, 3, 16H, 16W]``."""
         if grid is None:
-            side = int(round(codes.shape[1] ** 0.5))
+            side = math.isqrt(codes.shape[1])
             grid = (side, side)
         z = self.quantize.lookup(codes, grid).to(self.post_quant_conv.weight.dtype)
         return self.decoder(self.post_quant_conv(z))
