@@ -4,7 +4,8 @@ Follows the official ``generate.py`` / ``sample_c2i_ddp.py`` (LLAMAGEN.md §1.5)
 
 - CFG runs the batch as ``[cond; null]`` (null class = ``num_classes``) and combines **raw** logits,
   ``uncond + (cond - uncond) * cfg_scale``, before temperature and filtering; the scale is constant, and
-  ``cfg_interval >= 0`` switches guidance off (conditional logits only) after decode step ``cfg_interval``.
+  ``cfg_interval >= 0`` switches guidance off (conditional logits only) once decode step ``i > cfg_interval``
+  (decode steps count from 0 after the prefill token, which is always guided).
 - one token per image is sampled and fed to both halves.
 - images: VQ decode -> bicubic resize (no antialias) to ``eval_size`` -> ``clamp(127.5 x + 128, 0, 255)``
   truncated to uint8, NHWC.
@@ -91,7 +92,7 @@ def generate_tokens(
                 logits = model(seq)[:, -1]
             if guided:
                 cond, uncond = logits[:b], logits[b:]
-                logits = uncond + (cond - uncond) * cfg_scale if (cfg_interval < 0 or t <= cfg_interval) else cond
+                logits = uncond + (cond - uncond) * cfg_scale if (cfg_interval < 0 or t - 1 <= cfg_interval) else cond
             tok = sample_next(logits, temperature, top_k, top_p, gen)  # [B]
             seq = torch.cat([seq, torch.cat([tok, tok])[:, None] if guided else tok[:, None]], dim=1)
     finally:
