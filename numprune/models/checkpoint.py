@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -14,11 +15,12 @@ from numprune.errors import NumpruneError
 WRAPPER_KEYS = ("model", "module", "state_dict")
 
 
-def read_state_dict(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
+def read_state_dict(source: str | Path | Mapping[str, Tensor], trusted: bool = False) -> dict[str, Tensor]:
     """A bare state dict from a file (``.pt``/``.pth`` pickle or ``.safetensors``) or a mapping.
 
     FSDP checkpoints (LlamaGen XXL/3B) are the bare state dict; DDP ones keep it under ``"model"``
-    (DeepSpeed: ``"module"``; some tools: ``"state_dict"``).
+    (DeepSpeed: ``"module"``; some tools: ``"state_dict"``). Pickles load with ``weights_only=True`` unless
+    ``trusted`` (only for files whose origin you trust).
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -29,7 +31,13 @@ def read_state_dict(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tens
 
             source = load_file(str(path))
         else:
-            source = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                source = torch.load(path, map_location="cpu", weights_only=not trusted, mmap=True)
+            except pickle.UnpicklingError as err:
+                raise NumpruneError(
+                    f"{path} holds objects that weights_only loading refuses ({err}); if you trust the file, "
+                    "pass trusted=True"
+                ) from err
     sd = dict(source)
     for key in WRAPPER_KEYS:
         if key in sd and isinstance(sd[key], Mapping):

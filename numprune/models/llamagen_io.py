@@ -31,12 +31,15 @@ def load_official_gpt(
     image_size: int = 384,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
+    trusted: bool = False,
     **overrides,
 ) -> LlamaGen:
     """Build ``name`` (``GPT-B`` ... ``GPT-3B``, or any config via ``overrides``) and load an official c2i
     checkpoint (bare FSDP state dict or ``{"model": ...}``), refusing missing or unexpected keys."""
     cfg = llamagen_config(name, image_size=image_size, **overrides)
-    return load_gpt_state(cfg, read_state_dict(source), device=device, dtype=dtype)
+    model = load_gpt_state(cfg, read_state_dict(source, trusted=trusted), device=device, dtype=dtype)
+    model.config._name_or_path = str(source) if isinstance(source, (str, Path)) else name  # for the plan / rows
+    return model
 
 
 def load_gpt_state(
