@@ -131,6 +131,18 @@ def test_cfg_combines_raw_logits():
     assert not torch.equal(expect, logits[:2].argmax(-1)) or not torch.equal(expect, logits[2:].argmax(-1))
 
 
+def test_cfg_interval_switches_to_conditional_logits_after_that_decode_step():
+    model = tiny()
+    cls = torch.tensor([2])
+    guided = generate_tokens(model, cls, cfg_scale=4.0, top_k=1)
+    mixed = generate_tokens(model, cls, cfg_scale=4.0, top_k=1, cfg_interval=0)
+    assert torch.equal(mixed[:, :2], guided[:, :2])  # prefill token and decode step 0 are guided
+    for t in range(2, mixed.shape[1]):  # afterwards: greedy on the conditional logits alone
+        logits = model(torch.cat([cls[:, None], mixed[:, :t]], dim=1))[:, -1]
+        assert torch.equal(mixed[:, t], logits.argmax(-1))
+    assert not torch.equal(mixed, guided)
+
+
 def test_calibration_rows_put_the_class_first():
     model = tiny()
     calib = calibration_tokens(model, [4, 7], per_class=2, batch_size=4, cfg_scale=1.5, seed=1)
