@@ -1,0 +1,55 @@
+"""Issue 2's real-model result: numerical pruning of SmolLM2-135M at 10-50%, with and without compensation.
+
+    NUMPRUNE_DATA_DIR=../shared/data python experiments/smollm2_numerical.py   # ~15 min on 2 CPU cores
+
+Calibration: 32 random 256-token windows of WikiText-2 *validation* (the train split, the paper's choice, is
+not available offline). Perplexity: the first 16 non-overlapping 256-token windows of WikiText-2 test and PTB
+test. Rows go to results/smollm2_numerical.csv; a rerun skips rows already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from numprune.grid import Point, run_point
+
+RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results/smollm2_numerical.csv")
+    parser.add_argument("--data-dir", default=os.environ.get("NUMPRUNE_DATA_DIR", "../shared/data"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    evals = ("wikitext2", "ptb")
+    points = [Point("smollm2-numerical", ratio=0.0, label="dense", evals=evals)]
+    for ratio in RATIOS:
+        points.append(Point("smollm2-numerical", ratio=ratio, evals=evals))
+        points.append(
+            Point(
+                "smollm2-numerical",
+                ratio=ratio,
+                evals=evals,
+                label="numerical-no-compensation",
+                options={"compensation": "none"},
+            )
+        )
+    for p in points:
+        for row in run_point(p, args.results, data_dir=args.data_dir):
+            print(
+                row["method"],
+                row["ratio"],
+                row["metric"],
+                row.get("eval_dataset", ""),
+                round(row["value"], 3),
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
