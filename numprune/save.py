@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from torch import nn
@@ -27,14 +29,27 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def save_pruned(
-    model: nn.Module, out: str | Path, plan: PruningPlan | None = None, tokenizer=None, overwrite: bool = False
-) -> Path:
-    """Write safetensors weights, ``config.json`` (per-layer shapes), the modeling file and the plan."""
+@contextmanager
+def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on any failure it vanishes."""
     out = check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_pruned(
+    model: nn.Module, out: str | Path, plan: PruningPlan | None = None, tokenizer=None, overwrite: bool = False
+) -> Path:
+    """Write safetensors weights, ``config.json`` (per-layer shapes), the modeling file and the plan."""
+    with atomic_directory(out, overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if getattr(model.config, "auto_map", None):
             shutil.copyfile(pruned_model.__file__, tmp / MODELING_FILE)
@@ -42,13 +57,7 @@ def save_pruned(
             tokenizer.save_pretrained(tmp)
         if plan is not None:
             plan.save(tmp / PLAN_FILE)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def load_plan(path: str | Path) -> PruningPlan | None:

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from numprune.errors import NumpruneError
 from numprune.models.checkpoint import load_checked_, read_state_dict
 from numprune.models.llamagen import LlamaGen, LlamaGenConfig, llamagen_config
 from numprune.plan import PruningPlan
+from numprune.save import PLAN_FILE, atomic_directory
 
 # Keys an official checkpoint may hold that are not model state: the RoPE table (older checkpoints) and KV
 # caches (saved after setup_caches()).
 GPT_IGNORED_KEYS = (r"freqs_cis", r"layers\.\d+\.attention\.kv_cache\.[kv]_cache")
 CONFIG_FILE = "llamagen_config.json"
 WEIGHTS_FILE = "model.safetensors"
-PLAN_FILE = "pruning_plan.json"
 
 
 def load_official_gpt(
@@ -71,25 +68,14 @@ def save_llamagen(model: LlamaGen, out: str | Path, plan: PruningPlan | None = N
     the folder is built next to ``out`` and renamed into place."""
     from safetensors.torch import save_file
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise NumpruneError(f"output directory {out} exists; pass overwrite=True to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_directory(out, overwrite) as tmp:
         cfg = {"architecture": "llamagen-c2i", **dataclasses.asdict(model.config)}
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=1) + "\n")
         tensors = {k: v.detach().contiguous().cpu() for k, v in official_state_dict(model).items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if plan is not None:
             plan.save(tmp / PLAN_FILE)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def load_llamagen(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LlamaGen:

