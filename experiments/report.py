@@ -1,0 +1,43 @@
+"""Print a results CSV as the markdown tables quoted in the README: perplexity per method and ratio.
+
+    python experiments/report.py results/smollm2_numerical.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+
+def perplexity_table(df: pd.DataFrame, eval_dataset: str) -> pd.DataFrame:
+    ppl = df[(df.metric == "ppl") & (df.eval_dataset == eval_dataset)]
+    return ppl.pivot_table(index="method", columns="ratio", values="value", aggfunc="last").round(2)
+
+
+def metric_table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return df[df.metric == metric].pivot_table(index="method", columns="ratio", values="value", aggfunc="last").round(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv")
+    args = parser.parse_args()
+    df = pd.read_csv(args.csv)
+    for dataset in sorted(df.loc[df.metric == "ppl", "eval_dataset"].dropna().unique()):
+        rows = df[(df.metric == "ppl") & (df.eval_dataset == dataset)].iloc[0]
+        print(f"\n{dataset} perplexity (seqlen {rows.eval_seqlen}, {rows.eval_windows} windows, {rows.eval_source})\n")
+        print(perplexity_table(df, dataset).to_markdown())
+    for metric in ("prune_seconds", "peak_rss_gib", "peak_device_gib"):
+        if (df.metric == metric).any():
+            print(f"\n{metric}\n")
+            print(metric_table(df, metric).to_markdown())
+    achieved = df[df.ratio_achieved.notna()].pivot_table(index="method", columns="ratio", values="ratio_achieved",
+                                                          aggfunc="last")
+    if not achieved.empty:
+        print("\nachieved ratio of attention+MLP parameters\n")
+        print(achieved.round(4).to_markdown())
+
+
+if __name__ == "__main__":
+    main()
