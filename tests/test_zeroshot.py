@@ -47,10 +47,19 @@ def yes_model(tok, favour: str = "yes", margin: float = 8.0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      bos_token_id=None)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         for layer in model.model.layers:
@@ -71,8 +80,14 @@ def _write(path, rows):
 
 def _mc(key_field, question_field, answers):
     """ARC/OBQA docs: choices red/yes/blue/green labelled A-D; the model always picks B ("yes")."""
-    return [{question_field: f"Question {i} ?", "choices": {"text": ["red", "yes", "blue", "green"],
-             "label": ["A", "B", "C", "D"]}, key_field: a} for i, a in enumerate(answers)]
+    return [
+        {
+            question_field: f"Question {i} ?",
+            "choices": {"text": ["red", "yes", "blue", "green"], "label": ["A", "B", "C", "D"]},
+            key_field: a,
+        }
+        for i, a in enumerate(answers)
+    ]
 
 
 # task -> expected headline metric for the data written below
@@ -92,25 +107,54 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tasks")
-    _write(d / "boolq/validation.jsonl",
-           [{"passage": "red blue", "question": "green", "label": y, "idx": i} for i, y in enumerate([1, 1, 0, 1, 0])])
-    _write(d / "piqa/validation.jsonl",
-           [{"goal": "red", "sol1": "yes" if g == 0 else "no", "sol2": "no" if g == 0 else "yes", "label": lab}
-            for g, lab in [(0, 0), (1, 1), (0, 1), (1, 0)]])
-    _write(d / "hellaswag/validation.jsonl",
-           [{"activity_label": "red", "ctx_a": "blue", "ctx_b": "green", "endings": ["red", "yes", "blue", "green"],
-             "label": lab, "ind": i} for i, lab in enumerate(["1", "0", "3"])])
-    _write(d / "winogrande/validation.jsonl",
-           [{"sentence": "red _ blue green .", "option1": "yes", "option2": "no", "answer": a}
-            for a in ["1", "1", "2", "1"]])
+    _write(
+        d / "boolq/validation.jsonl",
+        [{"passage": "red blue", "question": "green", "label": y, "idx": i} for i, y in enumerate([1, 1, 0, 1, 0])],
+    )
+    _write(
+        d / "piqa/validation.jsonl",
+        [
+            {"goal": "red", "sol1": "yes" if g == 0 else "no", "sol2": "no" if g == 0 else "yes", "label": lab}
+            for g, lab in [(0, 0), (1, 1), (0, 1), (1, 0)]
+        ],
+    )
+    _write(
+        d / "hellaswag/validation.jsonl",
+        [
+            {
+                "activity_label": "red",
+                "ctx_a": "blue",
+                "ctx_b": "green",
+                "endings": ["red", "yes", "blue", "green"],
+                "label": lab,
+                "ind": i,
+            }
+            for i, lab in enumerate(["1", "0", "3"])
+        ],
+    )
+    _write(
+        d / "winogrande/validation.jsonl",
+        [
+            {"sentence": "red _ blue green .", "option1": "yes", "option2": "no", "answer": a}
+            for a in ["1", "1", "2", "1"]
+        ],
+    )
     _write(d / "arc_easy/test.jsonl", _mc("answerKey", "question", ["B", "A", "B"]))
     _write(d / "arc_challenge/test.jsonl", _mc("answerKey", "question", ["C", "A", "B", "D"]))
     _write(d / "openbookqa/test.jsonl", _mc("answerKey", "question_stem", ["B", "B"]))
     mmlu = [("abstract_algebra", a) for a in (0, 0, 1)] + [("anatomy", 2)]
-    _write(d / "mmlu/test.jsonl", [{"question": "red ?", "subject": s, "choices": ["a", "b", "c", "d"], "answer": a}
-                                   for s, a in mmlu])
-    _write(d / "mmlu/dev.jsonl", [{"question": "blue ?", "subject": s, "choices": ["a", "b", "c", "d"], "answer": 1}
-                                  for s in ("abstract_algebra", "anatomy") for _ in range(5)])
+    _write(
+        d / "mmlu/test.jsonl",
+        [{"question": "red ?", "subject": s, "choices": ["a", "b", "c", "d"], "answer": a} for s, a in mmlu],
+    )
+    _write(
+        d / "mmlu/dev.jsonl",
+        [
+            {"question": "blue ?", "subject": s, "choices": ["a", "b", "c", "d"], "answer": 1}
+            for s in ("abstract_algebra", "anatomy")
+            for _ in range(5)
+        ],
+    )
     _write(d / "gsm8k/test.jsonl", [{"question": "red ?", "answer": "blue #### 4"}])
     _write(d / "gsm8k/train.jsonl", [{"question": f"blue {i} ?", "answer": "green #### 2"} for i in range(6)])
     return d
@@ -134,10 +178,21 @@ def test_known_answer(scores, task):
 
 def test_metric_convention_and_shots(scores):
     metrics = {t: scores[t].metric for t in PAPER_TASKS}
-    assert metrics == {"boolq": "acc", "piqa": "acc", "hellaswag": "acc_norm", "winogrande": "acc",
-                       "arc_easy": "acc", "arc_challenge": "acc_norm", "openbookqa": "acc_norm"}
-    assert {t: scores[t].num_fewshot for t in scores} == {**dict.fromkeys(PAPER_TASKS, 0), "mmlu": 5, "gsm8k": 5,
-                                                          AVERAGE_TASK: 0}
+    assert metrics == {
+        "boolq": "acc",
+        "piqa": "acc",
+        "hellaswag": "acc_norm",
+        "winogrande": "acc",
+        "arc_easy": "acc",
+        "arc_challenge": "acc_norm",
+        "openbookqa": "acc_norm",
+    }
+    assert {t: scores[t].num_fewshot for t in scores} == {
+        **dict.fromkeys(PAPER_TASKS, 0),
+        "mmlu": 5,
+        "gsm8k": 5,
+        AVERAGE_TASK: 0,
+    }
     assert all(scores[t].source.startswith("local:") for t in EXPECTED)
     assert scores["mmlu"].n_samples == 4 and scores["boolq"].n_samples == 5
 
@@ -196,8 +251,19 @@ def test_cli_on_a_saved_model(task_dir, tok, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_zeroshot_command(parser.add_subparsers())
     csv = tmp_path / "r.csv"
-    args = parser.parse_args(["zeroshot", "--model", str(model_dir), "--tasks", "boolq,arc_c", "--data-dir",
-                              str(task_dir), "--results", str(csv)])
+    args = parser.parse_args(
+        [
+            "zeroshot",
+            "--model",
+            str(model_dir),
+            "--tasks",
+            "boolq,arc_c",
+            "--data-dir",
+            str(task_dir),
+            "--results",
+            str(csv),
+        ]
+    )
     assert args.func(args) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert [x["task"] for x in lines] == ["boolq", "arc_challenge"]

@@ -58,8 +58,15 @@ TASKS: dict[str, TaskSpec] = {
     )
 }
 PAPER_TASKS = tuple(n for n, s in TASKS.items() if s.in_average)
-ALIASES = {"arc_e": "arc_easy", "arc-e": "arc_easy", "arc_c": "arc_challenge", "arc-c": "arc_challenge",
-           "obqa": "openbookqa", "paper": ",".join(PAPER_TASKS), "all": ",".join(TASKS)}
+ALIASES = {
+    "arc_e": "arc_easy",
+    "arc-e": "arc_easy",
+    "arc_c": "arc_challenge",
+    "arc-c": "arc_challenge",
+    "obqa": "openbookqa",
+    "paper": ",".join(PAPER_TASKS),
+    "all": ",".join(TASKS),
+}
 
 
 def parse_tasks(text: str | list[str]) -> list[str]:
@@ -117,8 +124,10 @@ def with_local_data(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Point a task config at JSON files in ``folder`` (one per split); splits without a file are dropped."""
     files = _split_files(folder, cfg)
     if not files:
-        raise NumpruneError(f"no split files for task {cfg['task']} in {folder} (expected e.g. "
-                            f"{[cfg.get(k) for k in SPLIT_KEYS if cfg.get(k)]} as .jsonl)")
+        raise NumpruneError(
+            f"no split files for task {cfg['task']} in {folder} (expected e.g. "
+            f"{[cfg.get(k) for k in SPLIT_KEYS if cfg.get(k)]} as .jsonl)"
+        )
     cfg = {**cfg, "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files}}
     for key in SPLIT_KEYS:
         if cfg.get(key) is not None and cfg[key] not in files:

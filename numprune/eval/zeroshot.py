@@ -77,9 +77,18 @@ def _collect(out: dict[str, Any], name: str, shots: int, source: str) -> TaskSco
         version = str(out.get("versions", {}).get(leaves[0], ""))
     used = {int(out.get("n-shot", {}).get(t, shots)) for t in leaves}
     metrics = {k: float(v) for k, v in results[leaves[0]].items() if isinstance(v, (int, float)) and "stderr" not in k}
-    return TaskScore(task=name, metric=spec.metric, value=value, num_fewshot=used.pop() if len(used) == 1 else shots,
-                     task_version=version, n_samples=n, source=source, stderr=stderr, filter=spec.filter,
-                     metrics=metrics if len(leaves) == 1 else {key: value})
+    return TaskScore(
+        task=name,
+        metric=spec.metric,
+        value=value,
+        num_fewshot=used.pop() if len(used) == 1 else shots,
+        task_version=version,
+        n_samples=n,
+        source=source,
+        stderr=stderr,
+        filter=spec.filter,
+        metrics=metrics if len(leaves) == 1 else {key: value},
+    )
 
 
 def average(scores: list[TaskScore]) -> TaskScore | None:
@@ -88,10 +97,16 @@ def average(scores: list[TaskScore]) -> TaskScore | None:
     if not all(t in by_task for t in PAPER_TASKS):
         return None
     parts = [by_task[t] for t in PAPER_TASKS]
-    return TaskScore(task=AVERAGE_TASK, metric="mean_acc_or_acc_norm", value=sum(s.value for s in parts) / len(parts),
-                     num_fewshot=0, task_version="", n_samples=sum(s.n_samples for s in parts),
-                     source=";".join(sorted({s.source for s in parts})),
-                     metrics={f"{s.task}/{s.metric}": s.value for s in parts})
+    return TaskScore(
+        task=AVERAGE_TASK,
+        metric="mean_acc_or_acc_norm",
+        value=sum(s.value for s in parts) / len(parts),
+        num_fewshot=0,
+        task_version="",
+        n_samples=sum(s.n_samples for s in parts),
+        source=";".join(sorted({s.source for s in parts})),
+        metrics={f"{s.task}/{s.metric}": s.value for s in parts},
+    )
 
 
 def evaluate_zeroshot(
@@ -126,8 +141,16 @@ def evaluate_zeroshot(
         shots = (num_fewshot or {}).get(name, TASKS[name].num_fewshot)
         configs, source = task_configs(tm, name, data_dir)
         out = lm_eval.simple_evaluate(
-            model=lm, tasks=configs, num_fewshot=shots, limit=limit, task_manager=tm, log_samples=False,
-            bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            model=lm,
+            tasks=configs,
+            num_fewshot=shots,
+            limit=limit,
+            task_manager=tm,
+            log_samples=False,
+            bootstrap_iters=1000,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
             fewshot_random_seed=seed,
         )
         if out is None:  # non-zero ranks under distributed evaluation
@@ -137,8 +160,15 @@ def evaluate_zeroshot(
     return [*scores, avg] if avg is not None else scores
 
 
-def result_rows(scores: list[TaskScore], *, model: str, model_hash: str = "", plan: Any = None,
-                limit: int | float | None = None, experiment: str = "zeroshot") -> list[dict[str, Any]]:
+def result_rows(
+    scores: list[TaskScore],
+    *,
+    model: str,
+    model_hash: str = "",
+    plan: Any = None,
+    limit: int | float | None = None,
+    experiment: str = "zeroshot",
+) -> list[dict[str, Any]]:
     """Rows in the ``numprune.results`` schema: one per task (and the average), with versions and shots."""
     import lm_eval
     import transformers
@@ -146,25 +176,54 @@ def result_rows(scores: list[TaskScore], *, model: str, model_hash: str = "", pl
     from numprune import __version__
     from numprune.results import git_commit
 
-    base: dict[str, Any] = {"experiment": experiment, "model": model, "model_hash": model_hash, "method": "dense",
-                            "ratio": 0.0, "ratio_achieved": 0.0, "git_commit": git_commit()}
+    base: dict[str, Any] = {
+        "experiment": experiment,
+        "model": model,
+        "model_hash": model_hash,
+        "method": "dense",
+        "ratio": 0.0,
+        "ratio_achieved": 0.0,
+        "git_commit": git_commit(),
+    }
     if plan is not None:  # a pruned model: say how it was pruned
         ach, cal = plan.achieved, plan.calibration
-        base.update(method=plan.method, ratio=plan.ratio, ratio_of=plan.options.get("ratio_of", ""),
-                    ratio_achieved=ach.get("params_ratio"), seed=plan.options.get("seed"),
-                    calib_dataset=cal.get("dataset", ""), calib_source=cal.get("source", ""),
-                    calib_nsamples=cal.get("nsamples"), calib_seqlen=cal.get("seqlen"),
-                    params_before=ach.get("model_params_before"), params_after=ach.get("model_params_after"),
-                    heads_pruned=ach.get("heads_pruned"), kv_heads_pruned=ach.get("kv_heads_pruned"),
-                    channels_pruned=ach.get("channels_pruned"))
-    versions = {"lm_eval": getattr(lm_eval, "__version__", "unknown"), "numprune": __version__,
-                "torch": torch.__version__, "transformers": transformers.__version__}
+        base.update(
+            method=plan.method,
+            ratio=plan.ratio,
+            ratio_of=plan.options.get("ratio_of", ""),
+            ratio_achieved=ach.get("params_ratio"),
+            seed=plan.options.get("seed"),
+            calib_dataset=cal.get("dataset", ""),
+            calib_source=cal.get("source", ""),
+            calib_nsamples=cal.get("nsamples"),
+            calib_seqlen=cal.get("seqlen"),
+            params_before=ach.get("model_params_before"),
+            params_after=ach.get("model_params_after"),
+            heads_pruned=ach.get("heads_pruned"),
+            kv_heads_pruned=ach.get("kv_heads_pruned"),
+            channels_pruned=ach.get("channels_pruned"),
+        )
+    versions = {
+        "lm_eval": getattr(lm_eval, "__version__", "unknown"),
+        "numprune": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
     rows = []
     for s in scores:
         options = {"num_fewshot": s.num_fewshot, "filter": s.filter, "limit": limit, "task_version": s.task_version}
-        rows.append({**base, "eval_dataset": s.task, "eval_source": s.source, "eval_windows": s.n_samples,
-                     "metric": s.metric, "value": s.value, "options": options,
-                     "versions": {**versions, "task": s.task_version}})
+        rows.append(
+            {
+                **base,
+                "eval_dataset": s.task,
+                "eval_source": s.source,
+                "eval_windows": s.n_samples,
+                "metric": s.metric,
+                "value": s.value,
+                "options": options,
+                "versions": {**versions, "task": s.task_version},
+            }
+        )
     return rows
 
 
@@ -183,8 +242,12 @@ def _shots(items: list[str] | None) -> dict[str, int]:
 
 def add_zeroshot_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``numprune zeroshot`` on the CLI's sub-parsers; the handler is stored as ``func``."""
-    p = subparsers.add_parser("zeroshot", help="zero-shot accuracy through lm-eval (Table 2/8/9)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "zeroshot",
+        help="zero-shot accuracy through lm-eval (Table 2/8/9)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="smollm2, a hub id, or a (pruned) model directory")
     p.add_argument("--tasks", default="paper", help="comma list; aliases: paper (the 7), all, arc_e, arc_c, obqa")
     p.add_argument("--limit", type=float, default=None, help="documents per task (int) or fraction (<1)")
@@ -212,12 +275,24 @@ def run_zeroshot_command(args: argparse.Namespace) -> int:
     model, tok = load_model(args.model, dtype=dtype, device=args.device)
     path = Path(resolve(args.model))
     plan = load_plan(path) if path.is_dir() else None
-    scores = evaluate_zeroshot(model, tok, args.tasks, data_dir=args.data_dir, include_path=args.include_path,
-                               limit=limit, num_fewshot=_shots(args.num_fewshot), batch_size=args.batch_size,
-                               seed=args.seed)
+    scores = evaluate_zeroshot(
+        model,
+        tok,
+        args.tasks,
+        data_dir=args.data_dir,
+        include_path=args.include_path,
+        limit=limit,
+        num_fewshot=_shots(args.num_fewshot),
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     for s in scores:
         print(json.dumps(asdict(s), sort_keys=True), file=sys.stdout, flush=True)
     if args.results:
-        append_rows(args.results, result_rows(scores, model=args.model, model_hash=file_hash(path), plan=plan,
-                                              limit=limit, experiment=args.experiment))
+        append_rows(
+            args.results,
+            result_rows(
+                scores, model=args.model, model_hash=file_hash(path), plan=plan, limit=limit, experiment=args.experiment
+            ),
+        )
     return 0
