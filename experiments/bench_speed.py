@@ -92,11 +92,13 @@ def worker(spec: dict) -> dict:
 def run_worker(spec: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                         os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          env=env)  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker failed for {spec}:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"  # a file, not stdout: libraries print to stdout too
+        cmd = [sys.executable, __file__, "--worker", json.dumps(spec), "--worker-out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"worker failed for {spec}:\n{proc.stderr[-3000:]}")
+        return json.loads(out.read_text())
 
 
 def rows_for(args, spec: dict, res: dict, dense: dict, plan) -> list[dict]:
@@ -148,6 +150,7 @@ def replace_rows(path: Path, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--model", default="smollm2", help="real model to prune with prune_ (alias, hub id or dir)")
     p.add_argument("--config", default=None, help="random-weights shape instead of --model: llama-7b or tiny")
     p.add_argument("--ratios", default="0,0.2,0.5")
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--png", default="results/speed.png")
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        Path(args.worker_out).write_text(json.dumps(worker(json.loads(args.worker))))
         return
     torch.set_num_threads(args.threads)
     from numprune.eval.speed import plot_speed
