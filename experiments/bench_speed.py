@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,7 +84,7 @@ def worker(spec: dict) -> dict:
 
         model, _ = load_model(spec["path"], dtype=dtype, device=spec["device"])
     params = sum(p.numel() for p in model.parameters())
-    blocks = sum(p.numel() for layer in model.model.layers for m in (layer.self_attn, layer.mlp) for p in m.parameters())
+    blocks = speed.attn_mlp_params(model)
     results = [asdict(speed.measure(model, b, prompt_len=spec["prompt_len"], new_tokens=spec["new_tokens"],
                                     reps=spec["reps"], seed=spec["seed"])) for b in spec["batches"]]  # fmt: skip
     return {"params": params, "attn_mlp_params": blocks, "baseline_mem_gib": baseline, "results": results}
@@ -99,6 +100,20 @@ def run_worker(spec: dict) -> dict:
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(f"worker failed for {spec}:\n{proc.stderr[-3000:]}")
         return json.loads(out.read_text())
+
+
+def merge_rounds(runs: list[dict]) -> dict:
+    """One result from several worker runs of the same model: medians over all repetitions, peak of peaks."""
+    out = {**runs[0], "results": []}
+    for per_batch in zip(*(r["results"] for r in runs)):
+        merged = {**per_batch[0], "decode_all": [x for r in per_batch for x in r["decode_all"]],
+                  "ttft_all": [x for r in per_batch for x in r["ttft_all"]],
+                  "peak_mem_gib": max(r["peak_mem_gib"] for r in per_batch)}  # fmt: skip
+        merged.update(reps=len(merged["decode_all"]), decode_tokens_per_s=statistics.median(merged["decode_all"]),
+                      ttft_s=statistics.median(merged["ttft_all"]))  # fmt: skip
+        out["results"].append(merged)
+    out["baseline_mem_gib"] = max(r["baseline_mem_gib"] for r in runs)
+    return out
 
 
 def rows_for(args, spec: dict, res: dict, dense: dict, plan) -> list[dict]:
@@ -160,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: fp32 on CPU, bf16 on GPU")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions per worker run (after one warm-up)")
+    p.add_argument("--rounds", type=int, default=1, help="worker runs per model, interleaved across models")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calib-file", default=str(DEFAULT_CALIB))
@@ -190,16 +206,21 @@ def main(argv: list[str] | None = None) -> None:
     if 0.0 not in ratios:
         specs.insert(0, {**common, "ratio": 0.0, "round_to": round_tos[0]})
     specs.sort(key=lambda s: s["ratio"])  # the dense model first: it is every row's reference
-    results, plans = [], []
+    plans = []
     for spec in specs:
         if not args.config:
-            spec["path"] = str(prepare_pruned(args, spec["ratio"], spec["round_to"])) if spec["ratio"] else resolve(
-                args.model
+            spec["path"] = (
+                str(prepare_pruned(args, spec["ratio"], spec["round_to"])) if spec["ratio"] else resolve(args.model)
             )
         plans.append(load_plan(spec["path"]) if spec.get("path") and spec["ratio"] else None)
-        results.append(run_worker(spec))
-        tps = [round(r["decode_tokens_per_s"], 1) for r in results[-1]["results"]]
-        print(f"ratio={spec['ratio']} round_to={spec['round_to']}: decode tokens/s {tps}", file=sys.stderr)
+    # Rounds interleave the models, so load from other processes on a shared machine hits them all alike.
+    per_spec: list[list[dict]] = [[] for _ in specs]
+    for rnd in range(args.rounds):
+        for spec, acc in zip(specs, per_spec):
+            acc.append(run_worker(spec))
+            tps = [round(r["decode_tokens_per_s"], 1) for r in acc[-1]["results"]]
+            print(f"round {rnd} ratio={spec['ratio']} round_to={spec['round_to']}: tokens/s {tps}", file=sys.stderr)
+    results = [merge_rounds(runs) for runs in per_spec]
     rows = [row for s, r, pl in zip(specs, results, plans) for row in rows_for(args, s, r, results[0], pl)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import torch
 
 from numprune.eval.speed import (
     CONFIGS,
+    attn_mlp_params,
     decode_bytes_per_step,
     limit_speedup,
     measure,
@@ -31,10 +32,6 @@ def _bench():
     return mod
 
 
-def _attn_mlp(model):
-    return sum(p.numel() for layer in model.model.layers for m in (layer.self_attn, layer.mlp) for p in m.parameters())
-
-
 def test_bytes_per_step_by_hand():
     m = random_pruned_llama("tiny", 0.0)
     c = CONFIGS["tiny"]
@@ -49,9 +46,9 @@ def test_bytes_per_step_by_hand():
 
 @pytest.mark.parametrize("ratio", [0.2, 0.5])
 def test_random_pruned_shapes_reach_the_ratio(ratio):
-    dense = _attn_mlp(random_pruned_llama("tiny", 0.0))
+    dense = attn_mlp_params(random_pruned_llama("tiny", 0.0))
     m = random_pruned_llama("tiny", ratio)
-    assert 1 - _attn_mlp(m) / dense == pytest.approx(ratio, abs=0.03)
+    assert 1 - attn_mlp_params(m) / dense == pytest.approx(ratio, abs=0.03)
     widths = m.config.layer_intermediate_sizes
     assert len(set(widths)) > 1  # uneven like a global plan, so rounding has something to do
     rounded = random_pruned_llama("tiny", ratio, round_to=16).config.layer_intermediate_sizes
@@ -70,7 +67,8 @@ def test_generation_loop_is_greedy_generate():
     m = random_pruned_llama("tiny", 0.5)
     prompt = torch.randint(0, CONFIGS["tiny"]["vocab_size"], (2, 7))
     _, _, tokens = time_generation(m, prompt, 5)
-    ref = m.generate(prompt, max_new_tokens=5, do_sample=False, min_new_tokens=5, pad_token_id=0)
+    m.generation_config.eos_token_id = None  # the benchmark never stops early, so neither may the reference
+    ref = m.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert torch.equal(tokens, ref[:, 7:])
 
 

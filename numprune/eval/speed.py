@@ -75,6 +75,12 @@ def weight_bytes(model: nn.Module) -> int:
     return total
 
 
+def attn_mlp_params(model: nn.Module) -> int:
+    """Parameters of all attention and MLP blocks (what a pruning ratio is a fraction of)."""
+    return sum(p.numel() for layer in model.model.layers for block in (layer.self_attn, layer.mlp)
+               for p in block.parameters())  # fmt: skip
+
+
 def decode_bytes_per_step(model: nn.Module, batch: int, context: int) -> float:
     """Bytes one decode step must read: every weight once (the input embedding only one row per sequence; a
     tied lm_head still reads the whole matrix) plus each sequence's KV cache of ``context`` positions."""
@@ -101,27 +107,38 @@ def _cache(out: Any) -> Any:
 
 
 @torch.no_grad()
-def time_generation(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """Greedy generation of ``new_tokens`` after ``prompt`` [B, L]: (time to first token s, decode tokens/s)."""
+def time_generation(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float, torch.Tensor]:
+    """Greedy generation of ``new_tokens`` after ``prompt`` [B, L].
+
+    Returns (time to first token in s, decode tokens/s over all sequences, generated ids [B, new_tokens]).
+    """
     device = prompt.device
     # transformers 5.x renamed ``past_key_values`` to ``cache``; accept both.
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     _sync(device)
     t0 = time.perf_counter()
     out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    tokens = [out.logits[:, -1].argmax(-1, keepdim=True)]
     _sync(device)
     t1 = time.perf_counter()
     for _ in range(new_tokens - 1):
-        out = model(input_ids=nxt, use_cache=True, **{cache_arg: _cache(out)})
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        out = model(input_ids=tokens[-1], use_cache=True, **{cache_arg: _cache(out)})
+        tokens.append(out.logits[:, -1].argmax(-1, keepdim=True))
     _sync(device)
     t2 = time.perf_counter()
-    return t1 - t0, prompt.shape[0] * (new_tokens - 1) / (t2 - t1)
+    return t1 - t0, prompt.shape[0] * (new_tokens - 1) / (t2 - t1), torch.cat(tokens, dim=1)
 
 
-def measure(model: nn.Module, batch: int, *, prompt_len: int = 64, new_tokens: int = 32, reps: int = 3,
-            warmup: int = 1, seed: int = 0) -> SpeedResult:
+def measure(
+    model: nn.Module,
+    batch: int,
+    *,
+    prompt_len: int = 64,
+    new_tokens: int = 32,
+    reps: int = 3,
+    warmup: int = 1,
+    seed: int = 0,
+) -> SpeedResult:
     """Median time to first token, decode tokens/s and peak memory over ``reps`` runs (after ``warmup``)."""
     if new_tokens < 2:
         raise ValueError("new_tokens must be >= 2 (one prefill token and at least one decode step)")
@@ -137,7 +154,7 @@ def measure(model: nn.Module, batch: int, *, prompt_len: int = 64, new_tokens: i
         torch.cuda.reset_peak_memory_stats(device)
     else:
         rss_peak_reset()
-    runs = [time_generation(model, prompt, new_tokens) for _ in range(reps)]
+    runs = [time_generation(model, prompt, new_tokens)[:2] for _ in range(reps)]
     if device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(device) / 2**30, "device"
     else:
@@ -163,8 +180,16 @@ def _kept_widths(total: int, keep: float, layers: int, round_to: int, jitter: fl
     return [int(w) for w in widths.clamp(max=total)]
 
 
-def random_pruned_llama(name: str, ratio: float, *, round_to: int = 1, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu", jitter: float = 0.2, seed: int = 0) -> nn.Module:
+def random_pruned_llama(
+    name: str,
+    ratio: float,
+    *,
+    round_to: int = 1,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    jitter: float = 0.2,
+    seed: int = 0,
+) -> nn.Module:
     """A randomly initialised model of a named shape (``CONFIGS``) with ``ratio`` of its attention+MLP
     parameters removed: speed depends on the shapes only, so no weights are downloaded or pruned.
 
@@ -229,7 +254,7 @@ def plot_speed(csv_path: str | Path, png_path: str | Path, *, batch: int = 1) ->
             xs = [ratios.index(x) + (j - (len(rounds) - 1) / 2) * width for x in tps.index]
             ax.bar(xs, tps.values, width=width, label=f"tokens/s (round_to={r})", alpha=0.8)
             ax2.plot([ratios.index(x) for x in mem.index], mem.values, marker="o", label=f"memory (round_to={r})")
-        ax.set_xticks(range(len(ratios)), [f"{int(round(100 * x))}%" for x in ratios])
+        ax.set_xticks(range(len(ratios)), [f"{round(100 * x)}%" for x in ratios])
         ax.set_xlabel("pruning ratio (attention+MLP parameters)")
         ax.set_ylabel(f"decode tokens/s (batch {batch})")
         mem_kind = "GPU memory" if key[1] == "cuda" else "peak RSS"

@@ -140,24 +140,36 @@ def evaluate_zeroshot(
     for name in names:
         shots = (num_fewshot or {}).get(name, TASKS[name].num_fewshot)
         configs, source = task_configs(tm, name, data_dir)
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=configs,
-            num_fewshot=shots,
-            limit=limit,
-            task_manager=tm,
-            log_samples=False,
-            bootstrap_iters=1000,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-        )
+        try:
+            out = _run(lm_eval, lm, configs, shots, limit, tm, seed)
+        except Exception as err:  # hub tasks offline fail deep inside `datasets`; say what to do instead
+            if not source.startswith("hub:"):
+                raise
+            raise NumpruneError(
+                f"{name}: loading {source} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                f"offline, pass --data-dir with {name}/<split>.jsonl files (see numprune/eval/lm_tasks.py)"
+            ) from err
         if out is None:  # non-zero ranks under distributed evaluation
             continue
         scores.append(_collect(out, name, shots, source))
     avg = average(scores)
     return [*scores, avg] if avg is not None else scores
+
+
+def _run(lm_eval: Any, lm: Any, configs: list, shots: int, limit: int | float | None, tm: Any, seed: int) -> Any:
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=configs,
+        num_fewshot=shots,
+        limit=limit,
+        task_manager=tm,
+        log_samples=False,
+        bootstrap_iters=1000,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
 
 
 def result_rows(
