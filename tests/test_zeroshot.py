@@ -269,3 +269,41 @@ def test_cli_on_a_saved_model(task_dir, tok, tmp_path, capsys):
     assert [x["task"] for x in lines] == ["boolq", "arc_challenge"]
     assert lines[0]["value"] == pytest.approx(EXPECTED["boolq"])  # the reloaded model keeps its answers
     assert [r["eval_dataset"] for r in read_rows(csv)] == ["boolq", "arc_challenge"]
+
+
+def test_cli_on_a_model_pruned_by_numprune(task_dir, tok, tmp_path, capsys):
+    """A pruned, saved model evaluates through the CLI and its rows say how it was pruned."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from numprune import prune_, save_pruned
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=False)  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    plan = prune_(model, ratio=0.3, calibration=torch.randint(0, len(tok), (4, 32)), progress=False)
+    out = save_pruned(model, tmp_path / "pruned", plan, tokenizer=tok)
+    parser = argparse.ArgumentParser()
+    add_zeroshot_command(parser.add_subparsers())
+    csv = tmp_path / "r.csv"
+    args = parser.parse_args(["zeroshot", "--model", str(out), "--tasks", "piqa", "--data-dir", str(task_dir),
+                              "--limit", "2", "--results", str(csv)])  # fmt: skip
+    assert args.func(args) == 0
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert line["task"] == "piqa" and line["n_samples"] == 2 and 0.0 <= line["value"] <= 1.0
+    (row,) = read_rows(csv)
+    assert row["method"] == "numerical" and float(row["ratio"]) == 0.3 and row["model_hash"]
+    assert float(row["ratio_achieved"]) == pytest.approx(plan.achieved["params_ratio"])
+    assert int(row["params_after"]) < int(row["params_before"]) and json.loads(row["options"])["limit"] == 2
+
+
+def test_hub_task_offline_says_what_to_do(tok, monkeypatch):
+    """Without local files a task falls back to the hub; offline, that must fail with a usable message."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(NumpruneError, match="--data-dir"):
+        evaluate_zeroshot(yes_model(tok), tok, "piqa")

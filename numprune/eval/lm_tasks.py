@@ -21,6 +21,7 @@ from lm-eval's fallback split). A task folder that is missing falls back to the 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,11 +88,17 @@ def parse_tasks(text: str | list[str]) -> list[str]:
 
 
 def task_manager(include_path: str | Path | None = None):
+    """lm-eval's TaskManager (it indexes ~10k YAML files, so one per include path and process)."""
+    return _task_manager(str(include_path) if include_path else None)
+
+
+@functools.lru_cache(maxsize=4)
+def _task_manager(include_path: str | None):
     try:
         from lm_eval.tasks import TaskManager
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise NumpruneError("zero-shot evaluation needs lm-eval: pip install 'lm-eval>=0.4.5,<0.5'") from err
-    return TaskManager(include_path=str(include_path) if include_path else None)
+    return TaskManager(include_path=include_path)
 
 
 def registered_config(tm, name: str) -> dict[str, Any]:
