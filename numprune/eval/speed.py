@@ -222,14 +222,15 @@ def random_pruned_llama(
     return model.eval()
 
 
-def plot_speed(csv_path: str | Path, png_path: str | Path, *, batch: int = 1) -> Path:
-    """Figure 5 style: decode tokens/s (bars, left axis) and peak memory (line, right axis) vs ratio, one
-    panel per (model, device, dtype), rounded and unrounded plans side by side."""
+def plot_speed(csv_path: str | Path, png_path: str | Path) -> Path:
+    """Figure 5 style: decode tokens/s (bars with min-max whiskers, left axis) and peak memory (line, right
+    axis) vs pruning ratio; one panel per (model, device, dtype, batch), rounded and unrounded plans side by side.
+    """
+    import json
+
     import matplotlib
 
     matplotlib.use("Agg")
-    import json
-
     import matplotlib.pyplot as plt
     import pandas as pd
 
@@ -238,34 +239,37 @@ def plot_speed(csv_path: str | Path, png_path: str | Path, *, batch: int = 1) ->
     opts = df["options"].map(json.loads)
     for key in ("batch", "round_to", "device", "dtype"):
         df[key] = opts.map(lambda o, k=key: o.get(k))
-    df = df[df["batch"] == batch]
-    panels = sorted(df.groupby(["model", "device", "dtype"]).groups)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    keys = ["model", "device", "dtype", "batch"]
+    panels = sorted(df.groupby(keys).groups)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, key in zip(axes[0], panels):
-        sub = df[(df["model"] == key[0]) & (df["device"] == key[1]) & (df["dtype"] == key[2])]
-        rounds = sorted(sub["round_to"].unique())
-        ratios = sorted(sub["ratio"].unique())
+        sub = df[(df[keys] == pd.Series(key, index=keys)).all(axis=1)]
+        ratios, rounds = sorted(sub["ratio"].unique()), sorted(sub["round_to"].unique())
         width = 0.8 / len(rounds)
         ax2 = ax.twinx()
         for j, r in enumerate(rounds):
             part = sub[sub["round_to"] == r]
-            tps = part[part["metric"] == "decode_tokens_per_s"].set_index("ratio")["value"]
-            mem = part[part["metric"] == "peak_mem_gib"].set_index("ratio")["value"]
+
+            def metric(name: str, part=part) -> pd.Series:
+                return part[part["metric"] == name].set_index("ratio")["value"]
+
+            tps, mem = metric("decode_tokens_per_s"), metric("peak_mem_gib")
+            lo, hi = metric("decode_tokens_per_s_min"), metric("decode_tokens_per_s_max")
             xs = [ratios.index(x) + (j - (len(rounds) - 1) / 2) * width for x in tps.index]
-            ax.bar(xs, tps.values, width=width, label=f"tokens/s (round_to={r})", alpha=0.8)
-            ax2.plot([ratios.index(x) for x in mem.index], mem.values, marker="o", label=f"memory (round_to={r})")
+            err = [(tps - lo.reindex(tps.index)).values, (hi.reindex(tps.index) - tps).values]
+            ax.bar(xs, tps.values, width=width, yerr=err, capsize=3, alpha=0.8, label=f"tokens/s, round_to={r}")
+            ax2.plot([ratios.index(x) for x in mem.index], mem.values, marker="o", label=f"memory, round_to={r}")
         ax.set_xticks(range(len(ratios)), [f"{round(100 * x)}%" for x in ratios])
-        ax.set_xlabel("pruning ratio (attention+MLP parameters)")
-        ax.set_ylabel(f"decode tokens/s (batch {batch})")
-        mem_kind = "GPU memory" if key[1] == "cuda" else "peak RSS"
-        ax2.set_ylabel(f"{mem_kind} (GiB)")
-        ax.set_title(f"{key[0]} ({key[1]}, {key[2]})")
+        ax.set_xlabel("pruned fraction of attention+MLP parameters")
+        ax.set_ylabel("decode tokens/s (median; whiskers min-max)")
+        ax2.set_ylabel(("GPU memory, max allocated" if key[1].startswith("cuda") else "peak RSS") + " (GiB)")
+        ax.set_title(f"{key[0]}, {key[1]} {key[2]}, batch {key[3]}")
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
     fig.tight_layout()
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=120)
+    fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return png_path
