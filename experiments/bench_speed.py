@@ -1,14 +1,15 @@
 """Generation speed and memory of dense vs pruned models (paper Figure 5); writes results/speed.csv + a PNG.
 
-CPU, the real SmolLM2-135M pruned by ``prune_`` (what docs/speed.md reports; ~5 min on 1 thread):
+CPU, the real SmolLM2-135M pruned by ``prune_`` (what docs/speed.md reports; ~10 min on 1 thread):
 
     PYTHONPATH=. python experiments/bench_speed.py --model smollm2 --ratios 0,0.2,0.5 --round-to 1,64 \
-        --batches 1,8 --reps 3 --new-tokens 32
+        --batches 1,8 --reps 2 --rounds 2 --new-tokens 32
 
 GPU, a LLaMA-7B-shaped model with random weights (speed depends on shapes only; no download), bf16:
 
     PYTHONPATH=. python experiments/bench_speed.py --config llama-7b --device cuda --dtype bf16 \
-        --ratios 0,0.1,0.2,0.3,0.4,0.5 --round-to 1,64 --batches 1,16 --reps 5 --new-tokens 128
+        --ratios 0,0.1,0.2,0.3,0.4,0.5 --round-to 1,64 --batches 1,16 --reps 5 --rounds 2 --new-tokens 128 \
+        --out results/speed_gpu.csv --png results/speed_gpu.png
 
 Every (model, ratio, round_to) runs in its own subprocess, so peak memory (device max-allocated on GPU, peak
 RSS on CPU) belongs to that model alone. Rows with the same key in the CSV are replaced, not duplicated.
