@@ -70,7 +70,9 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
     path = resolve(name)
     try:
         model = load_pruned(path, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(path)
+        # A pruned model's config.json carries auto_map (remote code for stock transformers); the tokenizer
+        # never needs it, and without an explicit False transformers stops to ask on a terminal.
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except OSError as err:
         raise NumpruneError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from err
     return model.to(device).eval(), tok
