@@ -138,6 +138,13 @@ def run_eval(args: argparse.Namespace) -> None:
     )
 
 
+@command("zeroshot")
+def _add_zeroshot(sub: argparse._SubParsersAction) -> None:
+    from numprune.eval.zeroshot import add_zeroshot_command
+
+    add_zeroshot_command(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="numprune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
