@@ -25,6 +25,25 @@ def model_dir(tmp_path):
     return path, text
 
 
+def prune_argv(model, text, out, *extra, ratio="0.2"):
+    return [
+        "prune",
+        "--model",
+        str(model),
+        "--ratio",
+        ratio,
+        "--calib",
+        str(text),
+        "--nsamples",
+        "2",
+        "--seqlen",
+        "32",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def run(capsys, *argv):
     code = main(list(argv))
     out = capsys.readouterr()
@@ -34,24 +53,8 @@ def run(capsys, *argv):
 def test_prune_then_eval(model_dir, tmp_path, capsys):
     path, text = model_dir
     out = tmp_path / "pruned"
-    code, stdout, err = run(
-        capsys,
-        "prune",
-        "--model",
-        str(path),
-        "--ratio",
-        "0.3",
-        "--calib",
-        str(text),
-        "--nsamples",
-        "4",
-        "--seqlen",
-        "32",
-        "--out",
-        str(out),
-        "--option",
-        "head_scaling=none",
-    )
+    argv = prune_argv(path, text, out, "--option", "head_scaling=none", ratio="0.3")
+    code, stdout, err = run(capsys, *argv)
     assert code == 0, err
     summary = json.loads(stdout)
     assert abs(summary["params_ratio"] - 0.3) < 0.05 and (out / "pruning_plan.json").exists()
@@ -103,21 +106,7 @@ def test_existing_output_refused_unless_overwrite(model_dir, tmp_path, capsys):
     out = tmp_path / "pruned"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    base = [
-        "prune",
-        "--model",
-        str(path),
-        "--ratio",
-        "0.2",
-        "--calib",
-        str(text),
-        "--nsamples",
-        "2",
-        "--seqlen",
-        "32",
-        "--out",
-        str(out),
-    ]
+    base = prune_argv(path, text, out)
     code, _, err = run(capsys, *base)
     assert code == 2 and "exists" in err and (out / "keep.txt").exists()
     code, _, err = run(capsys, *base, "--overwrite")
@@ -133,22 +122,7 @@ def test_interrupted_save_leaves_nothing(model_dir, tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(save.PruningPlan, "save", boom)
     out = tmp_path / "pruned"
-    code, _, err = run(
-        capsys,
-        "prune",
-        "--model",
-        str(path),
-        "--ratio",
-        "0.2",
-        "--calib",
-        str(text),
-        "--nsamples",
-        "2",
-        "--seqlen",
-        "32",
-        "--out",
-        str(out),
-    )
+    code, _, err = run(capsys, *prune_argv(path, text, out))
     assert code == 130 and "interrupted" in err
     assert not out.exists() and not list(tmp_path.glob(".pruned*"))
 
@@ -159,23 +133,7 @@ def test_model_without_o_proj_is_refused(tmp_path, capsys, model_dir):
     _, text = model_dir
     path = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=128)).save_pretrained(path)
-    (tmp_path / "dense").joinpath("tokenizer.json")
     for f in (model_dir[0]).glob("tokenizer*"):
         (path / f.name).write_bytes(f.read_bytes())
-    code, _, err = run(
-        capsys,
-        "prune",
-        "--model",
-        str(path),
-        "--ratio",
-        "0.2",
-        "--calib",
-        str(text),
-        "--nsamples",
-        "2",
-        "--seqlen",
-        "32",
-        "--out",
-        str(tmp_path / "o"),
-    )
+    code, _, err = run(capsys, *prune_argv(path, text, tmp_path / "o"))
     assert code == 2 and "unsupported architecture 'gpt2'" in err
