@@ -1,6 +1,6 @@
 """Print a results CSV as the markdown tables quoted in the README: perplexity per method and ratio.
 
-    python experiments/report.py results/smollm2_numerical.csv
+python experiments/report.py results/smollm2_numerical.csv
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ def metric_table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return df[df.metric == metric].pivot_table(index="method", columns="ratio", values="value", aggfunc="last").round(1)
 
 
+def md(table: pd.DataFrame) -> str:
+    return table.astype(object).where(table.notna(), "").to_markdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv")
@@ -26,17 +30,20 @@ def main() -> None:
     df = pd.read_csv(args.csv)
     for dataset in sorted(df.loc[df.metric == "ppl", "eval_dataset"].dropna().unique()):
         rows = df[(df.metric == "ppl") & (df.eval_dataset == dataset)].iloc[0]
-        print(f"\n{dataset} perplexity (seqlen {rows.eval_seqlen}, {rows.eval_windows} windows, {rows.eval_source})\n")
-        print(perplexity_table(df, dataset).to_markdown())
+        print(
+            f"\n{dataset} perplexity (seqlen {int(rows.eval_seqlen)}, {int(rows.eval_windows)} windows, {rows.eval_source})\n"
+        )
+        print(md(perplexity_table(df, dataset)))
     for metric in ("prune_seconds", "peak_rss_gib", "peak_device_gib"):
         if (df.metric == metric).any():
             print(f"\n{metric}\n")
-            print(metric_table(df, metric).to_markdown())
-    achieved = df[df.ratio_achieved.notna()].pivot_table(index="method", columns="ratio", values="ratio_achieved",
-                                                          aggfunc="last")
+            print(md(metric_table(df, metric)))
+    achieved = df[df.ratio_achieved.notna()].pivot_table(
+        index="method", columns="ratio", values="ratio_achieved", aggfunc="last"
+    )
     if not achieved.empty:
         print("\nachieved ratio of attention+MLP parameters\n")
-        print(achieved.round(4).to_markdown())
+        print(md(achieved.round(4)))
 
 
 if __name__ == "__main__":
