@@ -20,8 +20,17 @@ from lightning.pytorch.cli import LightningCLI
 from numprune.errors import NumpruneError
 from numprune.lit.callbacks import pruning_callbacks, summary_line
 from numprune.lit.data import TextDataModule
-from numprune.lit.experiment import Evaluator, Grid, RunPoint, expand, is_done, result_rows, run_evaluator, to_point
-from numprune.lit.experiment import resolve_function
+from numprune.lit.experiment import (
+    Evaluator,
+    Grid,
+    RunPoint,
+    expand,
+    is_done,
+    resolve_function,
+    result_rows,
+    run_evaluator,
+    to_point,
+)
 from numprune.lit.module import CausalLMModule
 from numprune.results import append_rows
 
