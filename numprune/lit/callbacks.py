@@ -17,6 +17,9 @@ Gram matrices are summed over processes, and every process computes the same pla
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -50,6 +53,17 @@ def _reduce(trainer: L.Trainer) -> Reduce | None:
     return lambda t: trainer.strategy.reduce(t, reduce_op="sum")
 
 
+def _check_same_on_every_rank(trainer: L.Trainer, plan: PruningPlan) -> None:
+    """Every process must hold the same plan (same summed statistics -> same scores); stop all if not."""
+    if trainer.world_size == 1:
+        return
+    digest = hashlib.sha256(json.dumps([dataclasses.asdict(lp) for lp in plan.layers]).encode()).hexdigest()
+    same = float(trainer.strategy.broadcast(digest, src=0) == digest)
+    agree = trainer.strategy.reduce(torch.tensor([same], dtype=torch.float64), reduce_op="sum").item()
+    if agree != trainer.world_size:
+        raise NumpruneError(f"the processes computed different pruning plans ({agree:.0f}/{trainer.world_size} agree)")
+
+
 def _skip(trainer: L.Trainer) -> bool:
     return trainer.sanity_checking
 
@@ -77,6 +91,7 @@ class ScoringCallback(L.Callback):
         calib, info = _calibration(trainer, "ScoringCallback")
         with torch.inference_mode(False), torch.no_grad():
             plan, stats = plan_pruning(pl_module.model, calib, self.cfg, calibration_info=info, reduce=_reduce(trainer))
+        _check_same_on_every_rank(trainer, plan)
         pl_module.plan, pl_module.pruning_stats, pl_module.plan_applied = plan, stats, False
         a = plan.achieved
         log.info(

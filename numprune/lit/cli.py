@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from numprune.lit.experiment import (
 )
 from numprune.lit.module import CausalLMModule
 from numprune.results import append_rows
+from numprune.save import save_pruned
 
 log = logging.getLogger("numprune")
 TRAINER_DEFAULTS = {
@@ -71,6 +73,7 @@ class NumpruneCLI(LightningCLI):
         parser.add_argument("--prune", type=dict[str, Any], default={}, help="PruneConfig fields")
         parser.add_dataclass_arguments(Grid, "grid")
         parser.add_argument("--evaluate", type=list[Evaluator], default=[], help="evaluations beyond perplexity")
+        parser.add_argument("--save_models", type=bool, default=False, help="save each pruned model by the CSV")
         parser.add_argument("--dry_run", type=bool, default=False, help="list the points and exit")
         parser.link_arguments("model.model", "data.tokenizer")
 
@@ -105,6 +108,12 @@ def run_config(config: str, overrides: list[str]) -> list[dict[str, Any]]:
     data = vars(cfg.data)
     if cfg.dry_run:
         return dry_run(cfg, points, evaluators, data)
+    if "ddp" in str(cfg.trainer.strategy) and "LOCAL_RANK" not in os.environ and len(points) > 1:
+        # Lightning's own launcher re-runs the command per Trainer; a grid makes one Trainer per point.
+        raise NumpruneError(
+            "a multi-process grid runs under torchrun: torchrun --nproc_per_node=N -m numprune.cli run "
+            f"{config} --trainer.strategy=ddp --trainer.devices=N ... (docs/distributed.md)"
+        )
     written: list[dict[str, Any]] = []
     for p in points:
         point = to_point(cfg.experiment, p, data)
@@ -112,16 +121,23 @@ def run_config(config: str, overrides: list[str]) -> list[dict[str, Any]]:
         if is_done(cfg.results, point, evaluators):
             log.info("numprune run: %s %s %s already in %s, skipped", p.model, p.label, p.ratio, cfg.results)
             continue
-        written += run_point(args, p, point, evaluators, cfg.results)
+        written += run_point(args, p, point, evaluators, cfg.results, cfg.save_models)
     return written
 
 
-def run_point(args: list[str], p: RunPoint, point, evaluators: list[Evaluator], results: str | None) -> list[dict]:
+def run_point(
+    args: list[str], p: RunPoint, point, evaluators: list[Evaluator], results: str | None, save: bool = False
+) -> list[dict]:
     cli = NumpruneCLI([*args, *p.overrides()])
     module, dm, trainer = cli.model, cli.datamodule, cli.trainer
     trainer.validate(module, datamodule=dm, verbose=False)
     if module.plan is not None:
         log.warning("numprune run: %s", summary_line(module.plan))
+        path = plan_path(cli.config, p.model, p.label, p.ratio, p.nsamples)
+        if save and path and trainer.is_global_zero:
+            save_pruned(
+                module.model, Path(path).parent.parent / "models" / Path(path).stem, module.plan, dm.tokenizer, True
+            )
     extra = [r for ev in evaluators for r in run_evaluator(ev, module.model, dm.tokenizer)]
     rows = result_rows(point, module, trainer.callback_metrics, dm, extra) if trainer.is_global_zero else []
     if rows and results:
