@@ -67,9 +67,20 @@ def tables(markdown: str) -> dict[str, list[list[str]]]:
 
 
 def row(experiment, model, method, r, dataset, metric, value, seqlen="", kind="FACT") -> dict:
-    return {"experiment": experiment, "model": model, "method": method, "ratio": r, "ratio_of": "paper",
-            "eval_dataset": dataset, "eval_seqlen": seqlen, "metric": metric, "value": value,
-            "eval_source": f"paper:{kind}", "versions": {}, "options": {}}  # fmt: skip
+    return {
+        "experiment": experiment,
+        "model": model,
+        "method": method,
+        "ratio": r,
+        "ratio_of": "paper",
+        "eval_dataset": dataset,
+        "eval_seqlen": seqlen,
+        "metric": metric,
+        "value": value,
+        "eval_source": f"paper:{kind}",
+        "versions": {},
+        "options": {},
+    }
 
 
 def perplexity_rows(experiment: str, table: list[list[str]], seqlen: int = 2048) -> list[dict]:
@@ -78,8 +89,18 @@ def perplexity_rows(experiment: str, table: list[list[str]], seqlen: int = 2048)
     for cells in table[1:]:
         for col, value in zip(header[2:], cells[2:]):
             model, dataset = col.rsplit(" ", 1)
-            rows.append(row(experiment, MODELS[model], method_name(cells[0]), ratio(cells[1]), EVALS[dataset],
-                            "ppl", number(value), seqlen))  # fmt: skip
+            rows.append(
+                row(
+                    experiment,
+                    MODELS[model],
+                    method_name(cells[0]),
+                    ratio(cells[1]),
+                    EVALS[dataset],
+                    "ppl",
+                    number(value),
+                    seqlen,
+                )
+            )
     return rows
 
 
@@ -96,8 +117,17 @@ def parse(markdown: str) -> dict[str, list[dict]]:
     for cells in get("6.5 ")[1:]:
         model = MODELS.get(cells[0]) or MODELS[cells[0]]
         for name, value in zip(get("6.5 ")[0][3:], cells[3:]):
-            zs.append(row("table2_9_zeroshot", model, method_name(cells[1]), ratio(cells[2]),
-                          f"zeroshot:{ZEROSHOT[name]}", "acc", number(value) / 100))  # fmt: skip
+            zs.append(
+                row(
+                    "table2_9_zeroshot",
+                    model,
+                    method_name(cells[1]),
+                    ratio(cells[2]),
+                    f"zeroshot:{ZEROSHOT[name]}",
+                    "acc",
+                    number(value) / 100,
+                )
+            )
     out["table2_9_zeroshot"] = zs
     t8 = get("6.6 ")
     out["table8_mmlu_gsm8k"] = [
@@ -109,7 +139,7 @@ def parse(markdown: str) -> dict[str, list[dict]]:
             f"mmlu_gsm8k:{col.split(' ')[1].lower()}",
             "exact_match" if "GSM8K" in col else "acc",
             number(value) / 100,
-        )  # fmt: skip
+        )
         for cells in t8[1:]
         for col, value in zip(t8[0][1:], cells[1:])
     ]
@@ -119,8 +149,17 @@ def parse(markdown: str) -> dict[str, list[dict]]:
         for name, value in zip(get("6.7 ")[0][3:], cells[3:]):
             metric = name.rstrip("↓↑").lower()
             scale = 0.01 if value.endswith("%") else 1.0
-            gen.append(row("table3_llamagen", model, method_name(cells[1]), ratio(cells[2]), "imagenet384", metric,
-                           number(value) * scale))  # fmt: skip
+            gen.append(
+                row(
+                    "table3_llamagen",
+                    model,
+                    method_name(cells[1]),
+                    ratio(cells[2]),
+                    "imagenet384",
+                    metric,
+                    number(value) * scale,
+                )
+            )
     out["table3_llamagen"] = gen
     t4 = get("6.8 ")
     out["table4_10_seqlen128"] = [
@@ -133,7 +172,7 @@ def parse(markdown: str) -> dict[str, list[dict]]:
             "ppl",
             number(value),
             128,
-        )  # fmt: skip
+        )
         for cells in t4[1:]
         for col, value in zip(t4[0][1:], cells[1:])
     ]
@@ -154,7 +193,7 @@ def parse(markdown: str) -> dict[str, list[dict]]:
                 "DIGITIZED",
             ),
             "calib_nsamples": samples[col][1],
-        }  # fmt: skip
+        }
         for cells in f4[1:]
         for col, value in zip(f4[0][1:], cells[1:])
         if col in samples
@@ -162,11 +201,19 @@ def parse(markdown: str) -> dict[str, list[dict]]:
     f5 = get("6.10 ")
     metrics = {"GPU memory": "peak_mem_gib", "Generation speed": "decode_tokens_per_s"}
     out["figure5_speed"] = [
-        row("figure5_speed", MODELS["7B"], "dense" if col == "0%" else "numerical", ratio(col), "speed:speed",
-            next(m for k, m in metrics.items() if cells[0].startswith(k)), number(value), kind="DIGITIZED")
+        row(
+            "figure5_speed",
+            MODELS["7B"],
+            "dense" if col == "0%" else "numerical",
+            ratio(col),
+            "speed:speed",
+            next(m for k, m in metrics.items() if cells[0].startswith(k)),
+            number(value),
+            kind="DIGITIZED",
+        )
         for cells in f5[1:]
         for col, value in zip(f5[0][1:], cells[1:])
-    ]  # fmt: skip
+    ]
     return out
 
 

@@ -21,38 +21,22 @@ def value(name, **match):
 
 
 def test_exact_printed_values():
-    t5 = dict(model="huggyllama/llama-7b", ratio=0.5, eval_dataset="wikitext2")
+    l7, l65, l3 = "huggyllama/llama-7b", "huggyllama/llama-65b", "meta-llama/Meta-Llama-3-8B"
+    t5 = dict(model=l7, ratio=0.5, eval_dataset="wikitext2")
     assert value("table1_5_llama1_ppl", method="numerical", **t5) == 11.66
     assert value("table1_5_llama1_ppl", method="FLAP", **t5) == 21.89
-    assert (
-        value("table1_5_llama1_ppl", method="dense", model="huggyllama/llama-7b", ratio=0.0, eval_dataset="c4") == 7.08
-    )
-    assert math.isnan(
-        value("table1_5_llama1_ppl", method="FLAP", model="huggyllama/llama-65b", ratio=0.7, eval_dataset="wikitext2")
-    )
-    assert (
-        value(
-            "table7_llama3_ppl", method="FLAP", model="meta-llama/Meta-Llama-3-8B", ratio=0.5, eval_dataset="wikitext2"
-        )
-        == 39.44
-    )
+    assert value("table1_5_llama1_ppl", method="dense", model=l7, ratio=0.0, eval_dataset="c4") == 7.08
+    assert math.isnan(value("table1_5_llama1_ppl", method="FLAP", model=l65, ratio=0.7, eval_dataset="wikitext2"))
+    assert value("table7_llama3_ppl", method="FLAP", model=l3, ratio=0.5, eval_dataset="wikitext2") == 39.44
     assert value("table4_10_seqlen128", method="FLAP", ratio=0.2, eval_dataset="c4") == 13.95
-    assert value(
-        "table2_9_zeroshot",
-        method="numerical",
-        model="huggyllama/llama-7b",
-        ratio=0.2,
-        eval_dataset="zeroshot:openbookqa",
-    ) == pytest.approx(0.394)
+    obqa = value("table2_9_zeroshot", method="numerical", model=l7, ratio=0.2, eval_dataset="zeroshot:openbookqa")
+    assert obqa == pytest.approx(0.394)
     assert value("table3_llamagen", method="numerical", model="LlamaGen-3B", ratio=0.1, metric="fid") == 3.97
-    assert value("table3_llamagen", method="dense", model="LlamaGen-XXL", ratio=0.0, metric="prec") == pytest.approx(
-        0.8073
-    )
-    assert value(
-        "table8_mmlu_gsm8k", model="meta-llama/Llama-2-13b-hf", ratio=0.1, eval_dataset="mmlu_gsm8k:gsm8k"
-    ) == pytest.approx(0.156)
+    assert value("table3_llamagen", method="dense", model="LlamaGen-XXL", ratio=0.0, metric="prec") == 0.8073
+    gsm = value("table8_mmlu_gsm8k", model="meta-llama/Llama-2-13b-hf", ratio=0.1, eval_dataset="mmlu_gsm8k:gsm8k")
+    assert gsm == pytest.approx(0.156)
     assert value("figure4_calib_samples", method="numerical-no-compensation", ratio=0.5) == 39.59
-    assert value("figure5_speed", ratio=0.5, metric="decode_tokens_per_s") == 45.0  # fmt: skip
+    assert value("figure5_speed", ratio=0.5, metric="decode_tokens_per_s") == 45.0
 
 
 def test_row_counts_and_schema():
@@ -70,7 +54,8 @@ def test_committed_csvs_match_the_markdown(tmp_path):
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, str(ROOT / "experiments" / "paper_tables.py"), "--source", str(SOURCE),
-                    "--out", str(tmp_path)], check=True, capture_output=True, env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+    script = str(ROOT / "experiments" / "paper_tables.py")
+    cmd = [sys.executable, script, "--source", str(SOURCE), "--out", str(tmp_path)]
+    subprocess.run(cmd, check=True, capture_output=True, env={"PYTHONPATH": str(ROOT)})
     for f in PAPER.glob("*.csv"):
         assert (tmp_path / f.name).read_text() == f.read_text(), f.name
