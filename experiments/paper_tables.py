@@ -147,7 +147,7 @@ def parse(markdown: str) -> dict[str, list[dict]]:
     for cells in get("6.7 ")[1:]:
         model = MODELS[cells[0]] if cells[0] else model
         for name, value in zip(get("6.7 ")[0][3:], cells[3:]):
-            metric = name.rstrip("↓↑").lower()
+            metric = {"prec": "precision", "rec": "recall"}.get(name.rstrip("↓↑").lower(), name.rstrip("↓↑").lower())
             scale = 0.01 if value.endswith("%") else 1.0
             gen.append(
                 row(

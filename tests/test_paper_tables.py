@@ -32,7 +32,7 @@ def test_exact_printed_values():
     obqa = value("table2_9_zeroshot", method="numerical", model=l7, ratio=0.2, eval_dataset="zeroshot:openbookqa")
     assert obqa == pytest.approx(0.394)
     assert value("table3_llamagen", method="numerical", model="LlamaGen-3B", ratio=0.1, metric="fid") == 3.97
-    assert value("table3_llamagen", method="dense", model="LlamaGen-XXL", ratio=0.0, metric="prec") == 0.8073
+    assert value("table3_llamagen", method="dense", model="LlamaGen-XXL", ratio=0.0, metric="precision") == 0.8073
     gsm = value("table8_mmlu_gsm8k", model="meta-llama/Llama-2-13b-hf", ratio=0.1, eval_dataset="mmlu_gsm8k:gsm8k")
     assert gsm == pytest.approx(0.156)
     assert value("figure4_calib_samples", method="numerical-no-compensation", ratio=0.5) == 39.59
