@@ -83,6 +83,13 @@ def test_config_dry_run(name, tiny, tmp_path, capsys):
     assert "--model.model=huggyllama/" in capsys.readouterr().out or name.startswith(("table6", "table7"))
 
 
+def test_llamagen_config_dry_run(capsys):
+    assert main(["run", str(CONFIGS / "table3_llamagen.yaml"), "--dry_run=true"]) == 0
+    out = capsys.readouterr().out
+    assert "14 points" in out and "LlamaGen-3B flap 0.2" in out
+    assert main(["run", str(CONFIGS / "table3_llamagen.yaml")]) == 2  # no runner yet: one clear line
+
+
 def fake_zeroshot(model, tokenizer, tasks="paper", batch_size=1):
     return [{"task": "boolq", "metric": "acc", "value": 0.5}, {"task": "piqa", "metric": "acc", "value": 0.25}]
 

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from numprune.errors import NumpruneError
@@ -100,6 +101,11 @@ def plan_path(cfg, model: str, label: str, ratio: float, nsamples: int) -> str |
 
 def run_config(config: str, overrides: list[str]) -> list[dict[str, Any]]:
     """Run (or, with ``--dry_run=true``, list) every point of a config; returns the rows written."""
+    raw = yaml.safe_load(Path(config).read_text()) if Path(config).is_file() else None
+    if isinstance(raw, dict) and raw.get("runner") == "llamagen":
+        from numprune.lit.llamagen_config import run_llamagen
+
+        return run_llamagen(raw, overrides)
     args = [f"--config={config}", *overrides]
     cfg = NumpruneCLI(args, parse_only=True).config
     prune = dict(cfg.prune)
