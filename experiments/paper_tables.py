@@ -13,6 +13,7 @@ number comes from: ``paper:FACT`` (a printed table) or ``paper:DIGITIZED`` (read
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import re
 from pathlib import Path
@@ -217,23 +218,29 @@ def parse(markdown: str) -> dict[str, list[dict]]:
     return out
 
 
+def write(markdown: str, out: str | Path) -> dict[str, int]:
+    """Write one CSV per experiment; returns the row counts."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for name, rows in parse(markdown).items():
+        with open(out / f"{name}.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({c: ("" if r.get(c) is None else r.get(c, "")) for c in COLUMNS})
+        counts[name] = len(rows)
+    return counts
+
+
 def main() -> None:
     here = Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(here.parent / "shared" / "PAPER_TABLES.md"))
     parser.add_argument("--out", default=str(here / "results" / "paper"))
     args = parser.parse_args()
-    import csv
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, rows in parse(Path(args.source).read_text()).items():
-        with open(out / f"{name}.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({c: ("" if r.get(c) is None else r.get(c, "")) for c in COLUMNS})
-        print(f"{out / name}.csv: {len(rows)} rows")
+    for name, n in write(Path(args.source).read_text(), args.out).items():
+        print(f"{Path(args.out) / name}.csv: {n} rows")
 
 
 if __name__ == "__main__":

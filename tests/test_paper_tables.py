@@ -51,11 +51,8 @@ def test_row_counts_and_schema():
 def test_committed_csvs_match_the_markdown(tmp_path):
     if not SOURCE.exists():
         pytest.skip("../shared/PAPER_TABLES.md not present")
-    import subprocess
-    import sys
+    from experiments.paper_tables import write
 
-    script = str(ROOT / "experiments" / "paper_tables.py")
-    cmd = [sys.executable, script, "--source", str(SOURCE), "--out", str(tmp_path)]
-    subprocess.run(cmd, check=True, capture_output=True, env={"PYTHONPATH": str(ROOT)})
+    write(SOURCE.read_text(), tmp_path)
     for f in PAPER.glob("*.csv"):
         assert (tmp_path / f.name).read_text() == f.read_text(), f.name
