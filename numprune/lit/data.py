@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from numprune.data import calibration_windows, eval_windows, load_corpus
 from numprune.errors import NumpruneError
 
+DEFAULT_EVALS = ("wikitext2", "ptb", "c4")  # the paper's perplexity sets
+
 
 class ShardSampler(DistributedSampler):
     """Indices ``rank, rank + world, ...``: no padding, no shuffling (Lightning keeps a DistributedSampler)."""
@@ -77,7 +79,7 @@ class TextDataModule(L.LightningDataModule):
             raise NumpruneError("nsamples, batch_size >= 1 and seqlen, eval_seqlen >= 2 are required")
         self.save_hyperparameters()
         self.tokenizer_name = tokenizer
-        self.evals = list(evals) if evals is not None else ["wikitext2", "ptb", "c4"]
+        self.evals = list(evals) if evals is not None else list(DEFAULT_EVALS)
         self._tokenizer = None
         self._calib: tuple[Tensor, dict] | None = None
         self._eval: dict[str, tuple[Tensor, str]] = {}

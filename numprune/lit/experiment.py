@@ -19,6 +19,7 @@ from typing import Any
 from numprune.errors import NumpruneError
 from numprune.grid import Point
 from numprune.grid import _base_row as base_row  # the same row key as numprune.grid.run_point
+from numprune.lit.data import DEFAULT_EVALS
 from numprune.results import read_rows, row_key
 
 
@@ -98,7 +99,7 @@ def to_point(experiment: str, p: RunPoint, data: dict[str, Any]) -> Point:
         nsamples=p.nsamples,
         seqlen=data["seqlen"],
         seed=data["seed"],
-        evals=tuple(data["evals"] or ()),
+        evals=tuple(DEFAULT_EVALS if data["evals"] is None else data["evals"]),
         eval_seqlen=data["eval_seqlen"],
         max_windows=data["max_windows"],
         label=p.label,
@@ -107,7 +108,7 @@ def to_point(experiment: str, p: RunPoint, data: dict[str, Any]) -> Point:
 
 def is_done(results: str | Path | None, point: Point, evaluators: list[Evaluator]) -> bool:
     """Whether every row of the point is in the CSV (perplexity per set; at least one row per evaluator)."""
-    if not results:
+    if not results or not Path(results).exists() or not (point.evals or evaluators):
         return False
     rows = read_rows(results)
     base = base_row(point)
