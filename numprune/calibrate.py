@@ -57,6 +57,14 @@ class GramAccumulator:
         self.xsum += x.sum(0)
         self.count += x.shape[0]
 
+    def reduce_(self, reduce: Callable[[Tensor], Tensor]) -> None:
+        """Sum the accumulated ``X^T X``, ``1^T X`` and count over processes (distributed calibration)."""
+        if self.xtx is None or self.xsum is None:
+            raise NumpruneError(f"no calibration inputs reached {self.name} on this process: give every rank samples")
+        self.xtx, self.xsum = reduce(self.xtx), reduce(self.xsum)
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.xtx.device)
+        self.count = int(reduce(count).item())
+
     def stats(self) -> InputStats:
         if self.xtx is None or self.count == 0:
             raise NumpruneError(f"no calibration inputs reached {self.name}")
@@ -88,9 +96,18 @@ class LayerwiseRunner:
     """Holds the current hidden states of every calibration sample and walks the decoder layers."""
 
     def __init__(
-        self, model: nn.Module, adapter: Adapter, samples: Tensor, device: torch.device, progress: bool = True
+        self,
+        model: nn.Module,
+        adapter: Adapter,
+        samples: Tensor,
+        device: torch.device,
+        progress: bool = True,
+        reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
+        """``reduce``: sums a tensor over processes; each process then holds its own shard of ``samples`` and
+        ``collect`` returns the statistics of all shards together (the hidden states stay per process)."""
         self.model, self.adapter, self.device, self.progress = model, adapter, torch.device(device), progress
+        self.reduce = reduce
         self.hidden, self.kwargs = self._capture(samples)
 
     @torch.no_grad()
@@ -153,6 +170,9 @@ class LayerwiseRunner:
         modules = {"o_proj": o_proj, "down_proj": down_proj}
         with record_inputs({n: modules[n] for n in names}, prefix=f"layer {index} ") as accs:
             out = self.forward(layer)
+            if self.reduce is not None:
+                for acc in accs.values():
+                    acc.reduce_(self.reduce)
         for h in out:
             if not torch.isfinite(h).all():
                 raise NumpruneError(f"non-finite activations at the output of layer {index}")

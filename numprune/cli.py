@@ -145,6 +145,20 @@ def _add_zeroshot(sub: argparse._SubParsersAction) -> None:
     add_zeroshot_command(sub)
 
 
+@command("run")
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run an experiment config (LightningCLI): numprune run CONFIG.yaml [--key=value]")
+    p.add_argument("config", help="experiments/configs/NAME.yaml")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="LightningCLI overrides, e.g. --data.nsamples=32")
+    p.set_defaults(func=run_experiment)
+
+
+def run_experiment(args: argparse.Namespace) -> None:
+    from numprune.lit.cli import run_config
+
+    run_config(args.config, args.overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="numprune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -7,8 +7,10 @@ repair (compensation from the dense statistics, or re-propagated sequentially) -
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -133,6 +135,8 @@ def prune_(
 ) -> PruningPlan:
     """Prune ``model`` in place and return the plan (paper Algorithm 1, Eq. 8 and Eq. 11 for ``numerical``).
 
+    ``plan_pruning`` then ``apply_plan_``; the Lightning scoring and compensation callbacks call the same two.
+
     Args:
         model: a supported causal LM (LLaMA-family, LlamaGen), on any device.
         ratio: fraction of attention+MLP parameters (or units, ``ratio_of="units"``) to remove, in ``[0, 1)``.
@@ -145,28 +149,47 @@ def prune_(
         cfg = PruneConfig(ratio=ratio, method=method, **options)
     except TypeError as err:
         raise NumpruneError(str(err)) from None
+    plan, stats = plan_pruning(model, calibration, cfg, calibration_info=calibration_info)
+    apply_plan_(model, plan, calibration, cfg, stats=stats)
+    return plan
+
+
+Reduce = Callable[[Tensor], Tensor]  # sums a tensor over processes (all-reduce); None: one process
+
+
+@torch.no_grad()
+def plan_pruning(
+    model: nn.Module,
+    calibration: Tensor,
+    cfg: PruneConfig,
+    *,
+    calibration_info: dict | None = None,
+    reduce: Reduce | None = None,
+) -> tuple[PruningPlan, list[dict[str, InputStats]] | None]:
+    """Phase 1: dense calibration pass -> statistics -> scores -> selection (Algorithm 1, Eq. 8).
+
+    The model is not modified. Returns the plan and the dense statistics when ``cfg`` keeps them for the
+    compensation (else None: ``apply_plan_`` recomputes them). With ``reduce`` (distributed calibration) every
+    process passes its own shard of the samples; the Gram matrices are summed, so every process gets the plan
+    of the whole calibration set.
+    """
     adapter = get_adapter(model)
-    meth = get_method(method)
+    meth = get_method(cfg.method)
     calibration = _check_calibration(calibration)
-    first_param = next(model.parameters())
-    device = torch.device(cfg.device) if cfg.device else first_param.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    device = _compute_device(model, cfg, reset_peak=True)
     start = time.perf_counter()
-    params_before = count_params(model)
     was_training = model.training
     model.eval()
-
     layers = adapter.layers(model)
     geos = [adapter.geometry(layer) for layer in layers]
     for i, geo in enumerate(geos):
         if geo.num_heads == 0 or geo.intermediate == 0:
             raise NumpruneError(f"layer {i} has no attention heads or no MLP channels left to score")
 
-    # 1. Dense pass: statistics -> scores (the global ranking needs every layer's scores before any mask).
-    scores, cache = _score_pass(model, adapter, meth, cfg, calibration, device, geos)
+    # Dense pass: statistics -> scores (the global ranking needs every layer's scores before any mask).
+    scores, cache = _score_pass(model, adapter, meth, cfg, calibration, device, geos, reduce)
+    model.train(was_training)
 
-    # 2. Selection.
     units = [attention_units(s.heads, g, cfg.gqa) for s, g in zip(scores, geos)]
     layer_units = [
         LayerUnits(attn_scores=u, attn_cost=cost, mlp_scores=s.channels, mlp_cost=3 * g.hidden)
@@ -192,15 +215,7 @@ def prune_(
         q, kv = kept_heads(s.heads, g, cfg.gqa, ka, u.numel())
         plans.append(LayerPlan(heads=q.tolist(), kv_heads=kv.tolist(), channels=km.tolist()))
 
-    # 3. Repair + surgery.
-    output_bias = meth.adds_bias or any(
-        p is not None and p.bias is not None for layer in layers for p in adapter.out_projections(layer)
-    )
-    _apply(model, adapter, meth, cfg, calibration, device, geos, plans, cache, output_bias)
-    if not cfg.mask_only:
-        adapter.finalize(model, [adapter.geometry(layer) for layer in layers], output_bias)
-    model.train(was_training)
-
+    params_before = count_params(model)
     achieved = {
         "params_ratio": sel.params_ratio,
         "units_ratio": sel.units_ratio,
@@ -214,12 +229,12 @@ def prune_(
         "channels_total": sum(g.intermediate for g in geos),
         "channels_pruned": sum(g.intermediate - len(p.channels) for g, p in zip(geos, plans)),
         "model_params_before": params_before,
-        "model_params_after": count_params(model) if not cfg.mask_only else params_before - sel.params_removed,
+        "model_params_after": params_before - sel.params_removed,  # apply_plan_ records the exact count
     }
-    return PruningPlan(
+    plan = PruningPlan(
         layers=plans,
         dense_shapes=[dataclasses.asdict(g) for g in geos],
-        method=method,
+        method=cfg.method,
         ratio=cfg.ratio,
         options={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ratio", "method", "progress")},
         achieved=achieved,
@@ -228,10 +243,103 @@ def prune_(
             "name_or_path": str(getattr(model.config, "_name_or_path", "")) if hasattr(model, "config") else "",
             "adapter": adapter.name,
             "num_layers": len(geos),
+            "fingerprint": model_fingerprint(model),
         },
-        timing={"prune_seconds": time.perf_counter() - start, **_peak_memory(device)},
+        timing={"score_seconds": time.perf_counter() - start},
         versions=_versions(),
     )
+    return plan, cache
+
+
+@torch.no_grad()
+def apply_plan_(
+    model: nn.Module,
+    plan: PruningPlan,
+    calibration: Tensor | None = None,
+    cfg: PruneConfig | None = None,
+    *,
+    stats: list[dict[str, InputStats]] | None = None,
+    reduce: Reduce | None = None,
+) -> PruningPlan:
+    """Phase 2: the method's repair (compensation, Eq. 11) and the surgery, in place; returns ``plan`` with the
+    exact parameter count and timings filled in.
+
+    ``cfg`` defaults to the plan's own options. The repair reads ``stats`` (from ``plan_pruning``) when given,
+    else recomputes them from ``calibration`` (needed unless ``compensation="none"``). A plan made for another
+    model (other shapes or other weights) is refused.
+    """
+    cfg = cfg or config_of(plan)
+    check_plan_matches(model, plan)
+    adapter = get_adapter(model)
+    meth = get_method(cfg.method)
+    device = _compute_device(model, cfg)
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    layers = adapter.layers(model)
+    geos = [adapter.geometry(layer) for layer in layers]
+    needs_stats = cfg.compensation != "none" or meth.adds_bias
+    if needs_stats and stats is None and calibration is None:
+        raise NumpruneError(f"compensation={cfg.compensation!r} needs calibration samples or the plan's statistics")
+    if calibration is not None:
+        calibration = _check_calibration(calibration)
+    output_bias = meth.adds_bias or any(
+        p is not None and p.bias is not None for layer in layers for p in adapter.out_projections(layer)
+    )
+    _apply(model, adapter, meth, cfg, calibration, device, geos, plan.layers, stats, output_bias, reduce)
+    if not cfg.mask_only:
+        adapter.finalize(model, [adapter.geometry(layer) for layer in layers], output_bias)
+        plan.achieved["model_params_after"] = count_params(model)
+    model.train(was_training)
+    plan.timing["apply_seconds"] = time.perf_counter() - start
+    plan.timing["prune_seconds"] = plan.timing.get("score_seconds", 0.0) + plan.timing["apply_seconds"]
+    plan.timing.update(_peak_memory(device))
+    return plan
+
+
+def config_of(plan: PruningPlan) -> PruneConfig:
+    """The ``PruneConfig`` a plan was made with."""
+    known = {f.name for f in dataclasses.fields(PruneConfig)}
+    return PruneConfig(ratio=plan.ratio, method=plan.method, **{k: v for k, v in plan.options.items() if k in known})
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Short hash of a strided sample of every output projection's weights: tells two same-shaped models apart."""
+    adapter = get_adapter(model)
+    h = hashlib.sha256()
+    for layer in adapter.layers(model):
+        for proj in adapter.out_projections(layer):
+            if proj is not None:
+                w = proj.weight.detach().reshape(-1)
+                h.update(w[:: max(1, w.numel() // 256)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_plan_matches(model: nn.Module, plan: PruningPlan) -> None:
+    """Refuse a plan that was made for another model: layer count, dense shapes, weight fingerprint."""
+    adapter = get_adapter(model)
+    shapes = [dataclasses.asdict(adapter.geometry(layer)) for layer in adapter.layers(model)]
+    name = plan.model.get("name_or_path") or "another model"
+    if len(shapes) != plan.num_layers or shapes != plan.dense_shapes:
+        diff = next((i for i, (a, b) in enumerate(zip(shapes, plan.dense_shapes)) if a != b), None)
+        where = f"layer {diff}: model {shapes[diff]}, plan {plan.dense_shapes[diff]}" if diff is not None else ""
+        raise NumpruneError(
+            f"the pruning plan was made for {name} ({plan.num_layers} layers) and does not fit this model "
+            f"({len(shapes)} layers) {where}".strip()
+        )
+    expected = plan.model.get("fingerprint")
+    if expected and expected != model_fingerprint(model):
+        raise NumpruneError(
+            f"the pruning plan was made for {name} (weight fingerprint {expected}); this model's weights differ "
+            f"({model_fingerprint(model)}): score this model, or load the model the plan was made for"
+        )
+
+
+def _compute_device(model: nn.Module, cfg: PruneConfig, reset_peak: bool = False) -> torch.device:
+    device = torch.device(cfg.device) if cfg.device else next(model.parameters()).device
+    if reset_peak and device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return device
 
 
 def _check_reached(sel: Selection, cfg: PruneConfig, layers: list[LayerUnits]) -> None:
@@ -255,8 +363,9 @@ def _score_pass(
     calibration: Tensor,
     device: torch.device,
     geos: list[LayerGeometry],
+    reduce: Reduce | None = None,
 ) -> tuple[list[LayerScores], list[dict[str, InputStats]] | None]:
-    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress)
+    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
     scores: list[LayerScores] = []
     stats_bytes = sum(8 * (g.num_heads * g.head_dim) ** 2 + 8 * g.intermediate**2 for g in geos)
     keep_stats = cfg.compensation == "dense" and stats_bytes <= cfg.stats_cache_gib * 2**30
@@ -279,12 +388,13 @@ def _apply(
     adapter: Adapter,
     meth: Method,
     cfg: PruneConfig,
-    calibration: Tensor,
+    calibration: Tensor | None,
     device: torch.device,
     geos: list[LayerGeometry],
     plans: list[LayerPlan],
     cache: list[dict[str, InputStats]] | None,
     output_bias: bool,
+    reduce: Reduce | None = None,
 ) -> None:
     """Repair and cut every layer: from cached dense statistics, from a dense re-pass, or sequentially."""
     layers = adapter.layers(model)
@@ -321,7 +431,7 @@ def _apply(
         for i, layer in enumerate(layers):
             cut(i, layer, cache[i] if (cache is not None and needs_stats) else {}, ("attn", "mlp"))
         return
-    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress)
+    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
     if cfg.compensation == "sequential":
 
         def visit(i: int, layer: nn.Module) -> None:

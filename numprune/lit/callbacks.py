@@ -1,0 +1,168 @@
+"""Scoring and compensation as Lightning callbacks, thin over the one pipeline (``plan_pruning``/``apply_plan_``).
+
+Lightning's callback rules, as they apply here:
+
+- each callback runs once per run, at ``on_validation_start``, and never during the sanity check;
+- neither relies on the other's presence or order: ``CompensationCallback`` checks its one input, a plan on the
+  module (from ``ScoringCallback`` or ``PruningPlan.load``), and ``apply_plan_`` refuses a plan of another model;
+- constructor arguments are validated eagerly (``PruneConfig``), before any model is loaded.
+
+``inference_mode``: Lightning runs validation hooks under ``torch.inference_mode`` (the Trainer default). New
+weights made there would be inference tensors, which can never take part in autograd again, so both callbacks
+leave inference mode and run the pipeline under ``no_grad``: a pruned model can be fine-tuned afterwards.
+
+Distributed calibration (DDP): every process takes its shard of the calibration windows (``rank::world``), the
+Gram matrices are summed over processes, and every process computes the same plan and the same new weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from numprune.errors import NumpruneError
+from numprune.plan import PruningPlan
+from numprune.prune import PruneConfig, Reduce, apply_plan_, plan_pruning
+
+log = logging.getLogger("numprune")
+
+
+def _calibration(trainer: L.Trainer, who: str) -> tuple[Tensor, dict]:
+    """This process's shard of the datamodule's calibration windows, and their description."""
+    dm = trainer.datamodule
+    if dm is None or not hasattr(dm, "calibration"):
+        raise NumpruneError(f"{who} needs a datamodule with calibration windows (numprune.lit.TextDataModule)")
+    windows, info = dm.calibration()
+    world, rank = trainer.world_size, trainer.global_rank
+    if windows.shape[0] < world:
+        raise NumpruneError(f"{windows.shape[0]} calibration samples cannot be shared by {world} processes")
+    return windows[rank::world], {**info, "nsamples": windows.shape[0], "processes": world}
+
+
+def _reduce(trainer: L.Trainer) -> Reduce | None:
+    if trainer.world_size == 1:
+        return None
+    return lambda t: trainer.strategy.reduce(t, reduce_op="sum")
+
+
+def _check_same_on_every_rank(trainer: L.Trainer, plan: PruningPlan) -> None:
+    """Every process must hold the same plan (same summed statistics -> same scores); stop all if not."""
+    if trainer.world_size == 1:
+        return
+    digest = hashlib.sha256(json.dumps([dataclasses.asdict(lp) for lp in plan.layers]).encode()).hexdigest()
+    same = float(trainer.strategy.broadcast(digest, src=0) == digest)
+    agree = trainer.strategy.reduce(torch.tensor([same], dtype=torch.float64), reduce_op="sum").item()
+    if agree != trainer.world_size:
+        raise NumpruneError(f"the processes computed different pruning plans ({agree:.0f}/{trainer.world_size} agree)")
+
+
+def _skip(trainer: L.Trainer) -> bool:
+    return trainer.sanity_checking
+
+
+class ScoringCallback(L.Callback):
+    """Calibration pass -> statistics -> scores -> selection: stores ``module.plan`` (paper Alg. 1, Eq. 8).
+
+    Args:
+        ratio, method, **options: a ``PruneConfig`` (validated here, before anything is loaded).
+    """
+
+    def __init__(self, ratio: float, method: str = "numerical", **options) -> None:
+        options.setdefault("progress", False)
+        try:
+            self.cfg = PruneConfig(ratio=ratio, method=method, **options)
+        except TypeError as err:
+            raise NumpruneError(f"ScoringCallback: {err}") from None
+        from numprune.methods import get_method
+
+        get_method(method)  # unknown method: fail now, not after loading a model
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if _skip(trainer) or getattr(pl_module, "plan", None) is not None:
+            return  # once per run: a module that has a plan is not scored again
+        calib, info = _calibration(trainer, "ScoringCallback")
+        with torch.inference_mode(False), torch.no_grad():
+            plan, stats = plan_pruning(pl_module.model, calib, self.cfg, calibration_info=info, reduce=_reduce(trainer))
+        _check_same_on_every_rank(trainer, plan)
+        pl_module.plan, pl_module.pruning_stats, pl_module.plan_applied = plan, stats, False
+        a = plan.achieved
+        log.info(
+            "numprune scoring: %s ratio %.2f -> %d/%d attention units, %d/%d MLP channels to prune (%.1f s)",
+            plan.method,
+            plan.ratio,
+            a["attn_units_pruned"],
+            a["attn_units_total"],
+            a["channels_pruned"],
+            a["channels_total"],
+            plan.timing["score_seconds"],
+        )
+
+
+class CompensationCallback(L.Callback):
+    """Applies ``module.plan``: the method's repair (Eq. 11 for ``numerical``) and the surgery; logs the summary
+    and writes the plan JSON to ``plan_path`` (default: the logger's folder, when there is a logger).
+
+    Needs a plan on the module (``ScoringCallback``, or ``module.plan = PruningPlan.load(path)``); stops with a
+    clear message without one, or with a plan of another model.
+    """
+
+    def __init__(self, plan_path: str | None = None) -> None:
+        self.plan_path = plan_path
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if _skip(trainer) or getattr(pl_module, "plan_applied", False):
+            return
+        plan: PruningPlan | None = getattr(pl_module, "plan", None)
+        if plan is None:
+            raise NumpruneError(
+                "CompensationCallback found no pruning plan on the module: add ScoringCallback before it "
+                "(numprune.lit.pruning_callbacks returns the pair in order) or set module.plan = PruningPlan.load(...)"
+            )
+        stats = getattr(pl_module, "pruning_stats", None)
+        needs_calibration = stats is None and plan.options.get("compensation", "dense") != "none"
+        calib = _calibration(trainer, "CompensationCallback")[0] if needs_calibration else None
+        start = time.perf_counter()
+        with torch.inference_mode(False), torch.no_grad():
+            apply_plan_(pl_module.model, plan, calib, stats=stats, reduce=_reduce(trainer))
+        pl_module.plan_applied, pl_module.pruning_stats = True, None
+        log.info("numprune: %s", summary_line(plan, time.perf_counter() - start))
+        if trainer.logger is not None:
+            a = plan.achieved
+            trainer.logger.log_metrics(
+                {
+                    "prune/params_before": a["model_params_before"],
+                    "prune/params_after": a["model_params_after"],
+                    "prune/heads_kept": a["heads_total"] - a["heads_pruned"],
+                    "prune/channels_kept": a["channels_total"] - a["channels_pruned"],
+                    "prune/seconds": plan.timing["prune_seconds"],
+                }
+            )
+        path = self.plan_path or (Path(trainer.log_dir) / "pruning_plan.json" if trainer.logger else None)
+        if path is not None and trainer.is_global_zero:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            plan.save(path)
+
+
+def summary_line(plan: PruningPlan, seconds: float | None = None) -> str:
+    """Parameters before/after, heads and channels kept, time: one line."""
+    a, t = plan.achieved, plan.timing
+    return (
+        f"{plan.method} {plan.ratio:.0%}: params {a['model_params_before']:,} -> {a['model_params_after']:,} "
+        f"({a['params_ratio']:.3f} of attention+MLP removed), heads kept {a['heads_total'] - a['heads_pruned']}"
+        f"/{a['heads_total']}, channels kept {a['channels_total'] - a['channels_pruned']}/{a['channels_total']}, "
+        f"score {t.get('score_seconds', 0):.1f} s + apply {t.get('apply_seconds', seconds or 0):.1f} s"
+    )
+
+
+def pruning_callbacks(ratio: float, method: str = "numerical", **options) -> list[L.Callback]:
+    """``[ScoringCallback, CompensationCallback]`` for a method, in the order they must run."""
+    plan_path = options.pop("plan_path", None)
+    return [ScoringCallback(ratio, method, **options), CompensationCallback(plan_path=plan_path)]
