@@ -30,9 +30,8 @@ def main() -> None:
     df = pd.read_csv(args.csv)
     for dataset in sorted(df.loc[df.metric == "ppl", "eval_dataset"].dropna().unique()):
         rows = df[(df.metric == "ppl") & (df.eval_dataset == dataset)].iloc[0]
-        print(
-            f"\n{dataset} perplexity (seqlen {int(rows.eval_seqlen)}, {int(rows.eval_windows)} windows, {rows.eval_source})\n"
-        )
+        where = f"seqlen {int(rows.eval_seqlen)}, {int(rows.eval_windows)} windows, {rows.eval_source}"
+        print(f"\n{dataset} perplexity ({where})\n")
         print(md(perplexity_table(df, dataset)))
     for metric in ("prune_seconds", "peak_rss_gib", "peak_device_gib"):
         if (df.metric == metric).any():
