@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"numprune: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("numprune: interrupted; nothing was saved", file=sys.stderr)
+        print("numprune: interrupted; no half-written model folder left (finished rows kept)", file=sys.stderr)
         return 130
     return 0
 
