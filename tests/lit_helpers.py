@@ -15,7 +15,7 @@ def make_tiny_dir(root: Path, kv_heads: int = 2, seed: int = 0, words: int = 400
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     path = root / f"tiny-kv{kv_heads}-s{seed}"
     tiny_model("llama", kv_heads, seed=seed).save_pretrained(path)
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="w0").save_pretrained(path)
     text = root / "text.txt"
     if not text.exists():
         text.write_text(" ".join(f"w{(i * 7 + i // 13) % 127}" for i in range(words)))

@@ -1,0 +1,54 @@
+"""The zero-shot and speed configs run end to end with the real evaluators on a tiny model (by override)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from numprune.cli import main
+from numprune.results import read_rows
+from tests.lit_helpers import make_tiny_dir
+from tests.test_configs import CONFIGS, tiny_args
+from tests.test_zeroshot import task_dir  # noqa: F401  (fixture: local task files in the tasks' formats)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_dir(tmp_path_factory.mktemp("cfg-eval"))
+
+
+def test_zeroshot_config_with_lm_eval(tiny, task_dir, tmp_path):  # noqa: F811
+    results = tmp_path / "z.csv"
+    ev = [
+        {
+            "name": "zeroshot",
+            "function": "numprune.eval.zeroshot.evaluate_zeroshot",
+            "args": {"tasks": "boolq,piqa", "data_dir": str(task_dir)},
+        }
+    ]
+    args = ["run", str(CONFIGS / "table2_9_zeroshot.yaml"), *tiny_args(tiny, results, evals=False)]
+    assert main([*args, f"--evaluate={json.dumps(ev)}"]) == 0
+    rows = read_rows(results)
+    acc = {(r["ratio"], r["eval_dataset"]): float(r["value"]) for r in rows if r["metric"] == "acc"}
+    # two ratios x two tasks, accuracies are fractions of the 5 BoolQ / 4 PIQA documents
+    assert sorted(acc) == [(ratio, f"zeroshot:{t}") for ratio in ("0.0", "0.3") for t in ("boolq", "piqa")]
+    assert all(round(v * 5) == v * 5 or round(v * 4) == v * 4 for v in acc.values())
+
+
+def test_speed_config_on_cpu(tiny, tmp_path):
+    results = tmp_path / "s.csv"
+    ev = [
+        {
+            "name": "speed",
+            "function": "numprune.eval.speed.measure",
+            "args": {"batch": 1, "prompt_len": 8, "new_tokens": 4, "reps": 1},
+        }
+    ]
+    args = ["run", str(CONFIGS / "figure5_speed.yaml"), *tiny_args(tiny, results, evals=False)]
+    assert main([*args, f"--evaluate={json.dumps(ev)}"]) == 0
+    rows = read_rows(results)
+    tps = [float(r["value"]) for r in rows if r["metric"] == "decode_tokens_per_s"]
+    assert len(tps) == 2 and all(v > 0 for v in tps)
+    assert Path(results).exists()
