@@ -33,7 +33,7 @@ class PruneConfig:
     method: str = "numerical"
     ratio_of: Literal["params", "units"] = "params"
     allocation: Literal["global", "uniform"] | None = None  # None: the method's default
-    head_scaling: Literal["alpha", "none"] = "alpha"
+    head_scaling: Literal["alpha", "none"] | None = None  # None: the method's default
     gqa: Literal["groups", "query"] = "groups"  # prune whole KV groups, or query heads within groups
     min_heads: int = 1  # per layer: KV groups kept (gqa="groups"), or query heads kept per group ("query")
     min_channels: int = 1
@@ -56,7 +56,7 @@ class PruneConfig:
         choices = {
             "ratio_of": ("params", "units"),
             "allocation": ("global", "uniform", None),
-            "head_scaling": ("alpha", "none"),
+            "head_scaling": ("alpha", "none", None),
             "gqa": ("groups", "query"),
             "compensation": ("dense", "sequential", "none"),
         }
@@ -164,7 +164,14 @@ def prune_(
             raise NumpruneError(f"layer {i} has no attention heads or no MLP channels left to score")
 
     # 1. Dense pass: statistics -> scores (the global ranking needs every layer's scores before any mask).
-    scores, cache = _score_pass(model, adapter, meth, cfg, calibration, device, geos)
+    # A method that needs more than per-layer statistics (gradients: LLM-Pruner) scores the whole model.
+    cache: list[dict[str, InputStats]] | None = None
+    if hasattr(meth, "score_model"):
+        scores = meth.score_model(model, adapter, calibration.to(device), cfg)
+        if len(scores) != len(geos):
+            raise NumpruneError(f"{meth.name}.score_model returned {len(scores)} layers, expected {len(geos)}")
+    else:
+        scores, cache = _score_pass(model, adapter, meth, cfg, calibration, device, geos)
 
     # 2. Selection.
     units = [attention_units(s.heads, g, cfg.gqa) for s, g in zip(scores, geos)]
@@ -172,21 +179,24 @@ def prune_(
         LayerUnits(attn_scores=u, attn_cost=cost, mlp_scores=s.channels, mlp_cost=3 * g.hidden)
         for (u, cost), s, g in zip(units, scores, geos)
     ]
+    allocation = cfg.allocation or meth.default_allocation
+    layer_ratios = meth.layer_ratios(cfg.ratio, len(geos)) if hasattr(meth, "layer_ratios") else None
     try:
         sel = select_units(
             layer_units,
             cfg.ratio,
             ratio_of=cfg.ratio_of,
-            allocation=cfg.allocation or meth.default_allocation,
-            head_scaling=cfg.head_scaling,
+            allocation=allocation,
+            head_scaling=cfg.head_scaling or getattr(meth, "default_head_scaling", "alpha"),
             # query mode: every group keeps >= 1 query head by construction; min_heads counts heads per group
             min_attn=cfg.min_heads if cfg.gqa == "groups" else max(cfg.min_heads - 1, 0),
             min_mlp=cfg.min_channels,
             round_to=cfg.round_to,
+            layer_ratios=layer_ratios if allocation == "uniform" else None,
         )
     except ValueError as err:
         raise NumpruneError(str(err)) from None
-    _check_reached(sel, cfg, layer_units)
+    _check_reached(sel, cfg, layer_units, allocation)
     plans = []
     for s, g, (u, _), ka, km in zip(scores, geos, units, sel.kept_attn, sel.kept_mlp):
         q, kv = kept_heads(s.heads, g, cfg.gqa, ka, u.numel())
@@ -221,7 +231,11 @@ def prune_(
         dense_shapes=[dataclasses.asdict(g) for g in geos],
         method=method,
         ratio=cfg.ratio,
-        options={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ratio", "method", "progress")},
+        options={
+            **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ratio", "method", "progress")},
+            "allocation": allocation,  # the effective choices (None in the config = the method's default)
+            "head_scaling": cfg.head_scaling or getattr(meth, "default_head_scaling", "alpha"),
+        },
         achieved=achieved,
         calibration={"nsamples": calibration.shape[0], "seqlen": calibration.shape[1], **(calibration_info or {})},
         model={
@@ -234,9 +248,9 @@ def prune_(
     )
 
 
-def _check_reached(sel: Selection, cfg: PruneConfig, layers: list[LayerUnits]) -> None:
+def _check_reached(sel: Selection, cfg: PruneConfig, layers: list[LayerUnits], allocation: str) -> None:
     """Refuse a ratio that the per-layer minimums make unreachable (it would empty a layer)."""
-    if cfg.allocation == "uniform":
+    if allocation == "uniform":
         return
     achieved = sel.params_ratio if cfg.ratio_of == "params" else sel.units_ratio
     slack = max(max(lu.attn_cost, lu.mlp_cost) for lu in layers) / sel.params_total if cfg.ratio_of == "params" else 0
@@ -316,7 +330,8 @@ def _apply(
             )
             prune_mlp_(adapter, layer, ch, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
 
-    needs_stats = cfg.compensation != "none" or meth.adds_bias
+    # Methods whose repair is a plain slice (Wanda-sp, magnitude, LLM-Pruner) need no statistics at all.
+    needs_stats = (cfg.compensation != "none" and getattr(meth, "repair_uses_stats", True)) or meth.adds_bias
     if not needs_stats or cache is not None:
         for i, layer in enumerate(layers):
             cut(i, layer, cache[i] if (cache is not None and needs_stats) else {}, ("attn", "mlp"))
