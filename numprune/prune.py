@@ -167,7 +167,7 @@ def prune_(
     # A method that needs more than per-layer statistics (gradients: LLM-Pruner) scores the whole model.
     cache: list[dict[str, InputStats]] | None = None
     if hasattr(meth, "score_model"):
-        scores = meth.score_model(model, adapter, calibration.to(device), cfg)
+        scores = meth.score_model(model, adapter, calibration, cfg)  # runs where the model is
         if len(scores) != len(geos):
             raise NumpruneError(f"{meth.name}.score_model returned {len(scores)} layers, expected {len(geos)}")
     else:
