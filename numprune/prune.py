@@ -129,6 +129,7 @@ def prune_(
     calibration: Tensor,
     method: str = "numerical",
     calibration_info: dict | None = None,
+    dense_stats: list[dict[str, InputStats]] | None = None,
     **options,
 ) -> PruningPlan:
     """Prune ``model`` in place and return the plan (paper Algorithm 1, Eq. 8 and Eq. 11 for ``numerical``).
@@ -139,6 +140,8 @@ def prune_(
         calibration: ``[nsamples, seqlen]`` token ids.
         method: registered method name (``numerical``, ...).
         calibration_info: how the calibration tensor was made (dataset, source, seed); stored in the plan.
+        dense_stats: ``dense_statistics(model, calibration)`` computed before, on this dense model and this
+            calibration (grids share one pass across methods and ratios); replaces the dense pass.
         **options: any other ``PruneConfig`` field.
     """
     try:
@@ -171,7 +174,7 @@ def prune_(
         if len(scores) != len(geos):
             raise NumpruneError(f"{meth.name}.score_model returned {len(scores)} layers, expected {len(geos)}")
     else:
-        scores, cache = _score_pass(model, adapter, meth, cfg, calibration, device, geos)
+        scores, cache = _score_pass(model, adapter, meth, cfg, calibration, device, geos, dense_stats)
 
     # 2. Selection.
     units = [attention_units(s.heads, g, cfg.gqa) for s, g in zip(scores, geos)]
@@ -269,7 +272,20 @@ def _score_pass(
     calibration: Tensor,
     device: torch.device,
     geos: list[LayerGeometry],
+    dense_stats: list[dict[str, InputStats]] | None = None,
 ) -> tuple[list[LayerScores], list[dict[str, InputStats]] | None]:
+    if dense_stats is not None:
+        if len(dense_stats) != len(geos) or any(
+            st["down_proj"].gram.shape[0] != g.intermediate or st["o_proj"].gram.shape[0] != g.num_heads * g.head_dim
+            for st, g in zip(dense_stats, geos)
+        ):
+            raise NumpruneError("dense_stats do not match this model's layers")
+        scores = []
+        for i, layer in enumerate(adapter.layers(model)):
+            o_proj, down_proj = adapter.out_projections(layer)
+            st = {k: v.to(o_proj.weight.device) for k, v in dense_stats[i].items()}
+            scores.append(meth.score(st, o_proj.weight, down_proj.weight, geos[i], cfg))
+        return scores, dense_stats if cfg.compensation == "dense" else None
     runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress)
     scores: list[LayerScores] = []
     stats_bytes = sum(8 * (g.num_heads * g.head_dim) ** 2 + 8 * g.intermediate**2 for g in geos)
@@ -286,6 +302,26 @@ def _score_pass(
 
     runner.walk(visit, desc=f"{meth.name}: calibrate + score")
     return scores, cache
+
+
+@torch.no_grad()
+def dense_statistics(
+    model: nn.Module, calibration: Tensor, device: str | None = None, progress: bool = False
+) -> list[dict[str, InputStats]]:
+    """Per layer, the dense input statistics of ``o_proj`` / ``down_proj`` (on the CPU): the pass ``prune_``
+    starts with, computed once so that a grid of methods and ratios on the same model can share it."""
+    adapter = get_adapter(model)
+    dev = torch.device(device) if device else next(model.parameters()).device
+    runner = LayerwiseRunner(model, adapter, _check_calibration(calibration), dev, progress=progress)
+    out: list[dict[str, InputStats]] = []
+
+    def visit(i: int, layer: nn.Module) -> list[Tensor]:
+        stats, hidden = runner.collect(layer, i)
+        out.append({k: v.to("cpu") for k, v in stats.items()})
+        return hidden
+
+    runner.walk(visit, desc="dense statistics")
+    return out
 
 
 def _apply(
