@@ -97,7 +97,7 @@ def test_dense_compensation_is_lstsq_of_layer_inputs(calib):
         for row in calib:
             ref(row[None])
     handle.remove()
-    plan = prune_(model, calibration=calib, ratio=0.5, head_scaling="none", progress=False)
+    plan = prune_(model, calibration=calib, ratio=0.5, head_scaling="none", damp=0.01, progress=False)
     heads = torch.tensor(plan.layers[0].heads)
     cols = (heads[:, None] * 16 + torch.arange(16)).reshape(-1)
     expect = compensate(acc.stats().gram, ref.model.layers[0].self_attn.o_proj.weight, cols, damp=0.01)
