@@ -1,13 +1,71 @@
-"""Print a results CSV as the markdown tables quoted in the README: perplexity per method and ratio.
+"""Markdown tables for docs/quality.md and docs/ablations.md, from the result CSVs alone.
 
-python experiments/report.py results/smollm2_numerical.csv
+PYTHONPATH=. python experiments/report.py quality      # prints the tables of results/quality_smollm2.csv
+PYTHONPATH=. python experiments/report.py ablations    # one table per results/ablation_*.csv
+PYTHONPATH=. python experiments/report.py table results/smollm2_numerical.csv   # any results CSV: ppl per method
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
 
 import pandas as pd
+
+ORDER = ["numerical", "flap", "slimgpt", "wanda-sp", "llm-pruner", "magnitude", "random"]
+
+
+def _ppl(df: pd.DataFrame) -> pd.DataFrame:
+    df = df[df.metric == "ppl"].copy()
+    df["value"] = df.value.astype(float)
+    return df
+
+
+def quality(path: str = "results/quality_smollm2.csv") -> str:
+    df = pd.read_csv(path)
+    ppl = _ppl(df)
+    out = []
+    dense = ppl[ppl.method == "dense"].set_index("eval_dataset").value
+    for ev in ("wikitext2", "ptb", "ptb:validation"):
+        t = ppl[(ppl.eval_dataset == ev) & (ppl.method != "dense")].pivot_table(
+            index="method", columns="ratio", values="value"
+        )
+        t = t.reindex([m for m in ORDER if m in t.index] + [m for m in t.index if m not in ORDER])
+        t.columns = [f"{round(c * 100)}%" for c in t.columns]
+        out.append(f"\n**{ev}** perplexity (dense {dense.get(ev, float('nan')):.2f})\n")
+        out.append(t.round(2).to_markdown())
+        if {"numerical", "flap"} <= set(t.index):
+            out.append("\nratio perplexity(numerical) / perplexity(FLAP): ")
+            out.append(", ".join(f"{c} {t.loc['numerical', c] / t.loc['flap', c]:.3f}" for c in t.columns))
+            out.append("\n")
+    ach = df[df.metric == "ppl"].groupby(["method", "ratio"]).ratio_achieved.first().unstack()
+    out.append("\nAchieved parameter ratio (attention + MLP weights)\n")
+    out.append(ach.round(4).to_markdown())
+    cost = df[df.metric.isin(["prune_seconds", "peak_rss_gib"])].pivot_table(
+        index="method", columns="metric", values="value", aggfunc="first"
+    )
+    out.append("\nPruning wall time and peak RSS at 20% (full pipeline, 1 thread, shared CPU)\n")
+    out.append(cost.round(2).to_markdown())
+    return "\n".join(out)
+
+
+def ablations(folder: str = "results") -> str:
+    out = []
+    for f in sorted(Path(folder).glob("ablation_*.csv")):
+        df = pd.read_csv(f)
+        ppl = _ppl(df)
+        t = ppl.pivot_table(index="method", columns=["eval_dataset", "ratio"], values="value", aggfunc="first")
+        extra = df[df.metric == "ppl"].groupby(["method", "ratio"])[["kv_heads_pruned", "channels_pruned"]].first()
+        extra = extra.unstack("ratio")
+        extra.columns = [f"{a} {int(b * 100)}%" for a, b in extra.columns]
+        t.columns = [f"{a} {round(b * 100)}%" for a, b in t.columns]
+        secs = df[df.metric.str.startswith("prune_seconds")].pivot_table(
+            index="method", columns="ratio", values="value", aggfunc="first"
+        )
+        secs.columns = [f"s {round(c * 100)}%" for c in secs.columns]
+        out.append(f"\n### {f.stem}\n")
+        out.append(t.join(extra).join(secs).round(2).to_markdown())
+    return "\n".join(out)
 
 
 def perplexity_table(df: pd.DataFrame, eval_dataset: str) -> pd.DataFrame:
@@ -23,11 +81,9 @@ def md(table: pd.DataFrame) -> str:
     return table.astype(object).where(table.notna(), "").to_markdown()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("csv")
-    args = parser.parse_args()
-    df = pd.read_csv(args.csv)
+def table(path: str) -> None:
+    """Every perplexity, time, memory and achieved-ratio table of one results CSV."""
+    df = pd.read_csv(path)
     for dataset in sorted(df.loc[df.metric == "ppl", "eval_dataset"].dropna().unique()):
         rows = df[(df.metric == "ppl") & (df.eval_dataset == dataset)].iloc[0]
         where = f"seqlen {int(rows.eval_seqlen)}, {int(rows.eval_windows)} windows, {rows.eval_source}"
@@ -46,4 +102,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["table"]:
+        table(sys.argv[2])
+    else:
+        print(quality() if sys.argv[1:] == ["quality"] else ablations())

@@ -35,13 +35,13 @@ class PruneConfig:
     method: str = "numerical"
     ratio_of: Literal["params", "units"] = "params"
     allocation: Literal["global", "uniform"] | None = None  # None: the method's default
-    head_scaling: Literal["alpha", "none"] = "alpha"
+    head_scaling: Literal["alpha", "none"] | None = None  # None: the method's default
     gqa: Literal["groups", "query"] = "groups"  # prune whole KV groups, or query heads within groups
     min_heads: int = 1  # per layer: KV groups kept (gqa="groups"), or query heads kept per group ("query")
     min_channels: int = 1
     round_to: int = 1  # round kept MLP channels per layer to a multiple
     compensation: Literal["dense", "sequential", "none"] = "dense"
-    damp: float = 0.01
+    damp: float = 0.1  # chosen on held-out PTB validation (docs/ablations.md); 0.01 = SparseGPT convention
     lam: float | None = None  # None: hard-constraint limit
     iters: int = 1
     box: bool = False
@@ -58,7 +58,7 @@ class PruneConfig:
         choices = {
             "ratio_of": ("params", "units"),
             "allocation": ("global", "uniform", None),
-            "head_scaling": ("alpha", "none"),
+            "head_scaling": ("alpha", "none", None),
             "gqa": ("groups", "query"),
             "compensation": ("dense", "sequential", "none"),
         }
@@ -131,6 +131,7 @@ def prune_(
     calibration: Tensor,
     method: str = "numerical",
     calibration_info: dict | None = None,
+    dense_stats: list[dict[str, InputStats]] | None = None,
     **options,
 ) -> PruningPlan:
     """Prune ``model`` in place and return the plan (paper Algorithm 1, Eq. 8 and Eq. 11 for ``numerical``).
@@ -143,13 +144,15 @@ def prune_(
         calibration: ``[nsamples, seqlen]`` token ids.
         method: registered method name (``numerical``, ...).
         calibration_info: how the calibration tensor was made (dataset, source, seed); stored in the plan.
+        dense_stats: ``dense_statistics(model, calibration)`` computed before, on this dense model and this
+            calibration (grids share one pass across methods and ratios); replaces the dense pass.
         **options: any other ``PruneConfig`` field.
     """
     try:
         cfg = PruneConfig(ratio=ratio, method=method, **options)
     except TypeError as err:
         raise NumpruneError(str(err)) from None
-    plan, stats = plan_pruning(model, calibration, cfg, calibration_info=calibration_info)
+    plan, stats = plan_pruning(model, calibration, cfg, calibration_info=calibration_info, dense_stats=dense_stats)
     apply_plan_(model, plan, calibration, cfg, stats=stats)
     return plan
 
@@ -165,6 +168,7 @@ def plan_pruning(
     *,
     calibration_info: dict | None = None,
     reduce: Reduce | None = None,
+    dense_stats: list[dict[str, InputStats]] | None = None,
 ) -> tuple[PruningPlan, list[dict[str, InputStats]] | None]:
     """Phase 1: dense calibration pass -> statistics -> scores -> selection (Algorithm 1, Eq. 8).
 
@@ -187,7 +191,14 @@ def plan_pruning(
             raise NumpruneError(f"layer {i} has no attention heads or no MLP channels left to score")
 
     # Dense pass: statistics -> scores (the global ranking needs every layer's scores before any mask).
-    scores, cache = _score_pass(model, adapter, meth, cfg, calibration, device, geos, reduce)
+    # A method that needs more than per-layer statistics (gradients: LLM-Pruner) scores the whole model.
+    cache: list[dict[str, InputStats]] | None = None
+    if hasattr(meth, "score_model"):
+        scores = meth.score_model(model, adapter, calibration, cfg)  # runs where the model is
+        if len(scores) != len(geos):
+            raise NumpruneError(f"{meth.name}.score_model returned {len(scores)} layers, expected {len(geos)}")
+    else:
+        scores, cache = _score_pass(model, adapter, meth, cfg, calibration, device, geos, dense_stats, reduce)
     model.train(was_training)
 
     units = [attention_units(s.heads, g, cfg.gqa) for s, g in zip(scores, geos)]
@@ -195,21 +206,24 @@ def plan_pruning(
         LayerUnits(attn_scores=u, attn_cost=cost, mlp_scores=s.channels, mlp_cost=3 * g.hidden)
         for (u, cost), s, g in zip(units, scores, geos)
     ]
+    allocation = cfg.allocation or meth.default_allocation
+    layer_ratios = meth.layer_ratios(cfg.ratio, len(geos)) if hasattr(meth, "layer_ratios") else None
     try:
         sel = select_units(
             layer_units,
             cfg.ratio,
             ratio_of=cfg.ratio_of,
-            allocation=cfg.allocation or meth.default_allocation,
-            head_scaling=cfg.head_scaling,
+            allocation=allocation,
+            head_scaling=cfg.head_scaling or getattr(meth, "default_head_scaling", "alpha"),
             # query mode: every group keeps >= 1 query head by construction; min_heads counts heads per group
             min_attn=cfg.min_heads if cfg.gqa == "groups" else max(cfg.min_heads - 1, 0),
             min_mlp=cfg.min_channels,
             round_to=cfg.round_to,
+            layer_ratios=layer_ratios if allocation == "uniform" else None,
         )
     except ValueError as err:
         raise NumpruneError(str(err)) from None
-    _check_reached(sel, cfg, layer_units)
+    _check_reached(sel, cfg, layer_units, allocation)
     plans = []
     for s, g, (u, _), ka, km in zip(scores, geos, units, sel.kept_attn, sel.kept_mlp):
         q, kv = kept_heads(s.heads, g, cfg.gqa, ka, u.numel())
@@ -236,7 +250,11 @@ def plan_pruning(
         dense_shapes=[dataclasses.asdict(g) for g in geos],
         method=cfg.method,
         ratio=cfg.ratio,
-        options={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ratio", "method", "progress")},
+        options={
+            **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ratio", "method", "progress")},
+            "allocation": allocation,  # the effective choices (None in the config = the method's default)
+            "head_scaling": cfg.head_scaling or getattr(meth, "default_head_scaling", "alpha"),
+        },
         achieved=achieved,
         calibration={"nsamples": calibration.shape[0], "seqlen": calibration.shape[1], **(calibration_info or {})},
         model={
@@ -342,9 +360,9 @@ def _compute_device(model: nn.Module, cfg: PruneConfig, reset_peak: bool = False
     return device
 
 
-def _check_reached(sel: Selection, cfg: PruneConfig, layers: list[LayerUnits]) -> None:
+def _check_reached(sel: Selection, cfg: PruneConfig, layers: list[LayerUnits], allocation: str) -> None:
     """Refuse a ratio that the per-layer minimums make unreachable (it would empty a layer)."""
-    if cfg.allocation == "uniform":
+    if allocation == "uniform":
         return
     achieved = sel.params_ratio if cfg.ratio_of == "params" else sel.units_ratio
     slack = max(max(lu.attn_cost, lu.mlp_cost) for lu in layers) / sel.params_total if cfg.ratio_of == "params" else 0
@@ -363,8 +381,21 @@ def _score_pass(
     calibration: Tensor,
     device: torch.device,
     geos: list[LayerGeometry],
+    dense_stats: list[dict[str, InputStats]] | None = None,
     reduce: Reduce | None = None,
 ) -> tuple[list[LayerScores], list[dict[str, InputStats]] | None]:
+    if dense_stats is not None:
+        if len(dense_stats) != len(geos) or any(
+            st["down_proj"].gram.shape[0] != g.intermediate or st["o_proj"].gram.shape[0] != g.num_heads * g.head_dim
+            for st, g in zip(dense_stats, geos)
+        ):
+            raise NumpruneError("dense_stats do not match this model's layers")
+        scores = []
+        for i, layer in enumerate(adapter.layers(model)):
+            o_proj, down_proj = adapter.out_projections(layer)
+            st = {k: v.to(o_proj.weight.device) for k, v in dense_stats[i].items()}
+            scores.append(meth.score(st, o_proj.weight, down_proj.weight, geos[i], cfg))
+        return scores, dense_stats if cfg.compensation == "dense" else None
     runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
     scores: list[LayerScores] = []
     stats_bytes = sum(8 * (g.num_heads * g.head_dim) ** 2 + 8 * g.intermediate**2 for g in geos)
@@ -381,6 +412,26 @@ def _score_pass(
 
     runner.walk(visit, desc=f"{meth.name}: calibrate + score")
     return scores, cache
+
+
+@torch.no_grad()
+def dense_statistics(
+    model: nn.Module, calibration: Tensor, device: str | None = None, progress: bool = False
+) -> list[dict[str, InputStats]]:
+    """Per layer, the dense input statistics of ``o_proj`` / ``down_proj`` (on the CPU): the pass ``prune_``
+    starts with, computed once so that a grid of methods and ratios on the same model can share it."""
+    adapter = get_adapter(model)
+    dev = torch.device(device) if device else next(model.parameters()).device
+    runner = LayerwiseRunner(model, adapter, _check_calibration(calibration), dev, progress=progress)
+    out: list[dict[str, InputStats]] = []
+
+    def visit(i: int, layer: nn.Module) -> list[Tensor]:
+        stats, hidden = runner.collect(layer, i)
+        out.append({k: v.to("cpu") for k, v in stats.items()})
+        return hidden
+
+    runner.walk(visit, desc="dense statistics")
+    return out
 
 
 def _apply(
@@ -426,7 +477,8 @@ def _apply(
             )
             prune_mlp_(adapter, layer, ch, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
 
-    needs_stats = cfg.compensation != "none" or meth.adds_bias
+    # Methods whose repair is a plain slice (Wanda-sp, magnitude, LLM-Pruner) need no statistics at all.
+    needs_stats = (cfg.compensation != "none" and getattr(meth, "repair_uses_stats", True)) or meth.adds_bias
     if not needs_stats or cache is not None:
         for i, layer in enumerate(layers):
             cut(i, layer, cache[i] if (cache is not None and needs_stats) else {}, ("attn", "mlp"))

@@ -72,13 +72,17 @@ def select_units(
     min_attn: int = 1,
     min_mlp: int = 1,
     round_to: int = 1,
+    layer_ratios: list[float] | None = None,
 ) -> Selection:
     """Choose which units to prune so that ``ratio`` of the params (or units) goes.
 
     Global: every layer's attention scores (times ``alpha`` = attention unit cost / channel cost, the paper's
     ``4 D_h / 3`` for MHA) and channel scores enter one ascending list; units are pruned in that order, skipping
     any that would leave a layer below ``min_attn`` / ``min_mlp``, until the target is reached (params: the
-    removed count overshoots by less than one unit). Uniform: every layer prunes ``ratio`` of each kind.
+    removed count overshoots by less than one unit). Uniform: every layer prunes ``ratio`` (or its entry of
+    ``layer_ratios``) of its attention units; the MLP then prunes ``ratio`` of its channels (units) or as many
+    channels as bring the layer's removed parameters to ``ratio`` of its own (params: attention units are
+    coarse, e.g. 3 KV groups a layer, so the MLP absorbs the rounding and methods compare at equal params).
     ``round_to`` then rounds each layer's kept channel count to a multiple (by score within the layer).
     """
     _check(ratio, min_attn, min_mlp, round_to)
@@ -87,15 +91,20 @@ def select_units(
     params_total = sum(lu.params for lu in layers)
     units_total = sum(lu.attn_scores.numel() + lu.mlp_scores.numel() for lu in layers)
 
+    if layer_ratios is not None and len(layer_ratios) != len(layers):
+        raise ValueError(f"{len(layer_ratios)} layer ratios for {len(layers)} layers")
     if allocation == "uniform":
         for i, lu in enumerate(layers):
-            for scores, pruned, floor in (
-                (lu.attn_scores, pruned_attn[i], min_attn),
-                (lu.mlp_scores, pruned_mlp[i], min_mlp),
-            ):
-                n = scores.numel()
-                k = min(round(ratio * n), max(n - floor, 0))
-                pruned[scores.argsort()[:k]] = True
+            r = ratio if layer_ratios is None else layer_ratios[i]
+            n_a, n_m = lu.attn_scores.numel(), lu.mlp_scores.numel()
+            k_a = min(round(r * n_a), max(n_a - min_attn, 0))
+            if ratio_of == "params":
+                k_m = round((r * lu.params - k_a * lu.attn_cost) / lu.mlp_cost)
+            else:
+                k_m = round(r * n_m)
+            k_m = max(0, min(k_m, n_m - min_mlp))
+            pruned_attn[i][lu.attn_scores.argsort(stable=True)[:k_a]] = True
+            pruned_mlp[i][lu.mlp_scores.argsort(stable=True)[:k_m]] = True
     elif allocation == "global":
         _select_global(
             layers, ratio, ratio_of, head_scaling, min_attn, min_mlp, pruned_attn, pruned_mlp, params_total, units_total

@@ -97,7 +97,7 @@ def test_dense_compensation_is_lstsq_of_layer_inputs(calib):
         for row in calib:
             ref(row[None])
     handle.remove()
-    plan = prune_(model, calibration=calib, ratio=0.5, head_scaling="none", progress=False)
+    plan = prune_(model, calibration=calib, ratio=0.5, head_scaling="none", damp=0.01, progress=False)
     heads = torch.tensor(plan.layers[0].heads)
     cols = (heads[:, None] * 16 + torch.arange(16)).reshape(-1)
     expect = compensate(acc.stats().gram, ref.model.layers[0].self_attn.o_proj.weight, cols, damp=0.01)
@@ -108,7 +108,7 @@ def test_compensation_lowers_calibration_loss(calib):
     losses = {}
     for comp in ("none", "dense"):
         m = tiny_model("llama", 4)
-        prune_(m, calibration=calib, ratio=0.4, head_scaling="none", compensation=comp, progress=False)
+        prune_(m, calibration=calib, ratio=0.4, head_scaling="none", compensation=comp, damp=0.01, progress=False)
         with torch.no_grad():
             losses[comp] = m(calib, labels=calib).loss.item()
     assert losses["dense"] < losses["none"]

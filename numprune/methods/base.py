@@ -26,6 +26,13 @@ class Method(Protocol):
     name: str
     default_allocation: str  # "global" or "uniform"
     adds_bias: bool  # whether repair() returns biases for o_proj / down_proj
+    # Optional members the pipeline looks for (``hasattr`` / ``getattr``):
+    #   default_head_scaling: str = "alpha"     head scaling when PruneConfig.head_scaling is None
+    #   repair_uses_stats: bool = True           False: repair is a plain slice, no statistics pass needed
+    #   score_model(model, adapter, calibration, cfg) -> list[LayerScores]
+    #       replaces the per-layer dense statistics pass (methods that need gradients: LLM-Pruner)
+    #   layer_ratios(ratio, num_layers) -> list[float]
+    #       per-layer ratios for uniform allocation (SlimGPT's log-increasing ratio, LLM-Pruner's layer range)
 
     def score(
         self,

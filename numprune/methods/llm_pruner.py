@@ -1,0 +1,100 @@
+"""LLM-Pruner without LoRA (Ma et al., NeurIPS 2023): first-order Taylor importance of coupled groups.
+
+A backward pass of the language-model loss on a few calibration samples (LLM-Pruner uses 10) gives
+``g = dL/dW`` for every weight. A group's importance sums over the weights it couples (a query head: its q
+rows, its ``o_proj`` columns and ``1/G`` of its KV head's k / v rows; an MLP channel: its gate / up rows and
+its ``down_proj`` column):
+
+- ``e1`` (element-wise, first order, the default): ``sum_k |g_k w_k|``;
+- ``v`` (vector-wise): per coupled row/column vector ``|sum_k g_k w_k|``, then summed over the vectors.
+
+Allocation is uniform per layer; ``llm-pruner-range`` follows LLM-Pruner's LLaMA recipe of leaving the first 4
+and the last 2 layers dense (layers [4, 30) of 32), pruning the others at ``ratio * L / n_pruned`` so that
+the model-level parameter ratio stays ``ratio``. No weight update (the LoRA recovery is out of scope).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor, nn
+
+from numprune.adapters import Adapter
+from numprune.adapters.base import LayerGeometry
+from numprune.errors import NumpruneError
+from numprune.methods.base import LayerScores
+from numprune.methods.simple import _Slice, _split_rows
+
+if TYPE_CHECKING:
+    from numprune.prune import PruneConfig
+
+TAYLOR_SAMPLES = 10
+
+
+def loss_gradients(model: nn.Module, adapter: Adapter, samples: Tensor) -> None:
+    """Accumulate ``dL/dW`` of the next-token loss of every sample into ``param.grad`` (summed over samples)."""
+    device = next(model.parameters()).device
+    with torch.enable_grad():
+        for row in samples:
+            ids = row[None].to(device)
+            logits = adapter.run_model(model, ids).logits
+            loss = nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
+            loss.backward()
+
+
+def _importance(weight: Tensor, dim: int, mode: str) -> Tensor:
+    """Per row (``dim=1``) or per column (``dim=0``) importance of one weight from its ``.grad``."""
+    prod = (weight.detach().double() * weight.grad.double()).cpu()
+    return prod.abs().sum(dim) if mode == "e1" else prod.sum(dim).abs()
+
+
+def taylor_scores(adapter: Adapter, layer: nn.Module, geo: LayerGeometry, mode: str) -> LayerScores:
+    """Group importances of one layer from the gradients already in ``.grad``."""
+    o_proj, down_proj = adapter.out_projections(layer)
+    heads = torch.zeros(geo.num_heads, dtype=torch.float64)
+    for lin, part in adapter.attn_in(layer):
+        for kind, per_row in _split_rows(_importance(lin.weight, 1, mode), part, geo).items():
+            per_head = per_row.reshape(-1, geo.head_dim).sum(1)
+            heads += per_head if kind == "q" else per_head.repeat_interleave(geo.group_size) / geo.group_size
+    heads += _importance(o_proj.weight, 0, mode).reshape(geo.num_heads, geo.head_dim).sum(1)
+    channels = _importance(down_proj.weight, 0, mode)
+    for lin in adapter.mlp_in(layer):
+        channels += _importance(lin.weight, 1, mode)
+    return LayerScores(heads=heads, channels=channels)
+
+
+class LLMPruner(_Slice):
+    name = "llm-pruner"
+
+    def __init__(self, mode: Literal["e1", "v"] = "e1", layer_range: bool = False, samples: int = TAYLOR_SAMPLES):
+        if mode not in ("e1", "v"):
+            raise ValueError(f"mode must be 'e1' or 'v', got {mode!r}")
+        self.mode, self.layer_range, self.samples = mode, layer_range, samples
+
+    def score_model(
+        self, model: nn.Module, adapter: Adapter, calibration: Tensor, cfg: PruneConfig
+    ) -> list[LayerScores]:
+        params = list(model.parameters())
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        try:
+            loss_gradients(model, adapter, calibration[: self.samples])
+            layers = adapter.layers(model)
+            return [taylor_scores(adapter, layer, adapter.geometry(layer), self.mode) for layer in layers]
+        finally:
+            for p, flag in zip(params, flags):
+                p.grad = None
+                p.requires_grad_(flag)
+
+    def layer_ratios(self, ratio: float, num_layers: int) -> list[float] | None:
+        if not self.layer_range:
+            return None
+        # LLM-Pruner's LLaMA-7B recipe prunes layers [4, 30) of 32; scaled to this depth.
+        start, end = round(4 * num_layers / 32), num_layers - round(2 * num_layers / 32)
+        inner = ratio * num_layers / (end - start)
+        if inner >= 1:
+            raise NumpruneError(f"ratio {ratio} needs {inner:.2f} of layers [{start}, {end}); use llm-pruner")
+        return [inner if start <= i < end else 0.0 for i in range(num_layers)]

@@ -1,0 +1,112 @@
+"""Floors and simple baselines: Wanda-sp (FLAP paper's structured Wanda), magnitude, random.
+
+All three allocate uniformly per layer and repair by slicing (no weight update, no bias).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from numprune.adapters import Adapter
+from numprune.adapters.base import LayerGeometry
+from numprune.calibrate import InputStats
+from numprune.methods.base import LayerScores
+
+if TYPE_CHECKING:
+    from numprune.prune import PruneConfig
+
+
+class _Slice:
+    """Repair of methods without compensation: keep the columns as they are."""
+
+    default_allocation = "uniform"
+    adds_bias = False
+    repair_uses_stats = False
+
+    def repair(
+        self, stats: InputStats | None, weight: Tensor, keep: Tensor, cfg: PruneConfig
+    ) -> tuple[Tensor, Tensor | None]:
+        return weight[:, keep.to(weight.device)], None
+
+
+def wanda_sp_scores(stats: InputStats, weight: Tensor) -> Tensor:
+    """Structured Wanda per input channel: ``mean_i |W_ij| * ||X_j||`` (``||X_j||^2`` = ``gram[j, j]``)."""
+    w = weight.to(device=stats.gram.device, dtype=torch.float64)
+    return w.abs().mean(dim=0) * stats.gram.diagonal().clamp_min(0).sqrt()
+
+
+class WandaSP(_Slice):
+    """Wanda-sp as the FLAP paper defines it: a head sums its channels' scores; uniform per-layer ratio."""
+
+    name = "wanda-sp"
+
+    def score(
+        self, stats: dict[str, InputStats], o_weight: Tensor, down_weight: Tensor, geo: LayerGeometry, cfg: PruneConfig
+    ) -> LayerScores:
+        heads = wanda_sp_scores(stats["o_proj"], o_weight).reshape(geo.num_heads, geo.head_dim).sum(dim=1)
+        return LayerScores(heads=heads, channels=wanda_sp_scores(stats["down_proj"], down_weight))
+
+
+def coupled_sq_norms(adapter: Adapter, layer: nn.Module, geo: LayerGeometry) -> tuple[Tensor, Tensor]:
+    """Squared L2 norm of every weight a query head / an MLP channel owns (``[H]``, ``[I]``, float64).
+
+    A head owns its q rows and ``o_proj`` columns, and ``1/G`` of its KV head's k and v rows (shared by G heads);
+    a channel owns its gate and up rows and its ``down_proj`` column.
+    """
+    o_proj, down_proj = adapter.out_projections(layer)
+    heads = torch.zeros(geo.num_heads, dtype=torch.float64)
+    for lin, part in adapter.attn_in(layer):
+        for kind, per_row in _split_rows(lin.weight.detach().double().pow(2).sum(1).cpu(), part, geo).items():
+            per_head = per_row.reshape(-1, geo.head_dim).sum(1)  # [H] for q, [KV] for k / v
+            heads += per_head if kind == "q" else per_head.repeat_interleave(geo.group_size) / geo.group_size
+    heads += o_proj.weight.detach().double().pow(2).sum(0).cpu().reshape(geo.num_heads, -1).sum(1)
+    channels = down_proj.weight.detach().double().pow(2).sum(0).cpu()
+    for lin in adapter.mlp_in(layer):
+        channels += lin.weight.detach().double().pow(2).sum(1).cpu()
+    return heads, channels
+
+
+def _split_rows(per_row: Tensor, part: str, geo: LayerGeometry) -> dict[str, Tensor]:
+    if part != "qkv":
+        return {part: per_row}
+    q, kv = geo.num_heads * geo.head_dim, geo.num_kv_heads * geo.head_dim
+    return {"q": per_row[:q], "k": per_row[q : q + kv], "v": per_row[q + kv : q + 2 * kv]}
+
+
+class Magnitude(_Slice):
+    """L2 norm of all the weights a head / channel owns (data-free floor)."""
+
+    name = "magnitude"
+
+    def score_model(
+        self, model: nn.Module, adapter: Adapter, calibration: Tensor, cfg: PruneConfig
+    ) -> list[LayerScores]:
+        out = []
+        for layer in adapter.layers(model):
+            heads, channels = coupled_sq_norms(adapter, layer, adapter.geometry(layer))
+            out.append(LayerScores(heads=heads.sqrt(), channels=channels.sqrt()))
+        return out
+
+
+class Random(_Slice):
+    """Uniformly random scores from ``torch.Generator().manual_seed(cfg.seed)`` (floor; deterministic)."""
+
+    name = "random"
+
+    def score_model(
+        self, model: nn.Module, adapter: Adapter, calibration: Tensor, cfg: PruneConfig
+    ) -> list[LayerScores]:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        out = []
+        for layer in adapter.layers(model):
+            geo = adapter.geometry(layer)
+            out.append(
+                LayerScores(
+                    heads=torch.rand(geo.num_heads, generator=gen, dtype=torch.float64),
+                    channels=torch.rand(geo.intermediate, generator=gen, dtype=torch.float64),
+                )
+            )
+        return out
