@@ -164,6 +164,25 @@ def parse_config(raw: dict[str, Any], overrides: list[str]) -> LlamaGenConfig:
     return cfg
 
 
+def class_ids(spec: str | list[int], num_classes: int, what: str) -> list[int]:
+    """``all`` / ``balanced``: every class; else the listed class ids (checked against the model)."""
+    if isinstance(spec, str):
+        if spec not in ("all", "balanced"):
+            raise NumpruneError(f"{what}: 'all' / 'balanced' or a list of class ids, got {spec!r}")
+        return list(range(num_classes))
+    ids = [int(c) for c in spec]
+    if not ids or not all(0 <= c < num_classes for c in ids):
+        raise NumpruneError(f"{what}: class ids must be in [0, {num_classes}), got {spec!r}")
+    return ids
+
+
+def model_config(cfg: LlamaGenConfig, spec: GPTSpec):
+    """The ``LlamaGenConfig`` of a grid entry (shapes, classes, tokens per image), without building weights."""
+    from numprune.models.llamagen import llamagen_config
+
+    return llamagen_config(spec.gpt_model, cfg.image_size, **spec.config)
+
+
 @dataclass
 class GenPoint:
     """One run of the grid: a model and a method at a ratio (ratio 0: the dense model)."""
@@ -211,6 +230,16 @@ def check_ready(cfg: LlamaGenConfig) -> list[str]:
     files += [("metrics.reference", cfg.metrics.reference, False)]
     if cfg.metrics.inception_weights is not None:
         files.append(("metrics.inception_weights", cfg.metrics.inception_weights, False))
+    for spec in cfg.models:
+        try:
+            num_classes = model_config(cfg, spec).num_classes
+            class_ids(cfg.calibration.classes, num_classes, "calibration.classes")
+            n = len(class_ids(cfg.generation.classes, num_classes, "generation.classes"))
+        except (NumpruneError, KeyError, TypeError, ValueError) as err:
+            problems.append(f"models[{spec.name}]: {err}")
+            continue
+        if cfg.generation.num_samples % n:
+            problems.append(f"generation.num_samples {cfg.generation.num_samples} is not a multiple of {n} classes")
     for what, path, random_init in files:
         if random_init:
             continue

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from numprune.errors import NumpruneError
-from numprune.lit.llamagen_config import CalibrationSpec, GenerationSpec, GPTSpec, MetricsSpec, VQSpec
+from numprune.lit.llamagen_config import CalibrationSpec, GenerationSpec, GPTSpec, MetricsSpec, VQSpec, class_ids
 from numprune.llamagen import balanced_classes, calibration_tokens, generate_tokens, save_pngs, tokens_to_images
 from numprune.plan import PruningPlan
 
@@ -51,18 +51,6 @@ def load_vq(spec: VQSpec):
     with torch.random.fork_rng():
         torch.manual_seed(spec.seed)
         return VQModel(cfg).eval()
-
-
-def class_ids(spec: str | list[int], num_classes: int, what: str) -> list[int]:
-    """``all`` / ``balanced``: every class; else the listed class ids (checked against the model)."""
-    if isinstance(spec, str):
-        if spec not in ("all", "balanced"):
-            raise NumpruneError(f"{what}: 'all' / 'balanced' or a list of class ids, got {spec!r}")
-        return list(range(num_classes))
-    ids = [int(c) for c in spec]
-    if not ids or not all(0 <= c < num_classes for c in ids):
-        raise NumpruneError(f"{what}: class ids must be in [0, {num_classes}), got {spec!r}")
-    return ids
 
 
 class LlamaGenModule(L.LightningModule):

@@ -28,7 +28,15 @@ from typing import Any
 import torch
 
 from numprune.errors import NumpruneError
-from numprune.lit.llamagen_config import GenPoint, LlamaGenConfig, check_ready, parse_config, points
+from numprune.lit.llamagen_config import (
+    GenPoint,
+    LlamaGenConfig,
+    check_ready,
+    class_ids,
+    model_config,
+    parse_config,
+    points,
+)
 from numprune.results import append_rows, file_hash, git_commit, read_rows, row_key
 
 log = logging.getLogger("numprune")
@@ -65,17 +73,9 @@ def _out(cfg: LlamaGenConfig, kind: str, name: str) -> str | None:
     return str(Path(cfg.results).with_suffix("") / kind / name) if cfg.results else None
 
 
-def _model_config(cfg: LlamaGenConfig, p: GenPoint):
-    from numprune.models.llamagen import llamagen_config
-
-    return llamagen_config(p.model.gpt_model, cfg.image_size, **p.model.config)
-
-
 def base_row(cfg: LlamaGenConfig, p: GenPoint) -> dict[str, Any]:
     """The key columns of a point's rows (everything that changes its numbers)."""
-    from numprune.lit.llamagen_module import class_ids
-
-    mc, c = _model_config(cfg, p), cfg.calibration
+    mc, c = model_config(cfg, p.model), cfg.calibration
     n = len(class_ids(c.classes, mc.num_classes, "calibration.classes"))
     pruned = p.ratio > 0
     return {
