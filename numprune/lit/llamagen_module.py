@@ -88,6 +88,7 @@ class LlamaGenModule(L.LightningModule):
         unknown = set(self.calib_spec.sampling) - set(SAMPLING_KEYS)
         if unknown:
             raise NumpruneError(f"calibration.sampling: unknown keys {sorted(unknown)}; known: {SAMPLING_KEYS}")
+        self.save_hyperparameters()
         self.image_size, self.eval_size, self.dtype_name = image_size, eval_size, precision
         self.sample_dir, self.calibration_cache = sample_dir, calibration_cache
         self.model: torch.nn.Module | None = None
@@ -126,6 +127,7 @@ class LlamaGenModule(L.LightningModule):
         """All calibration rows ``[images_per_class * classes, block_size]`` (made once per module, by the dense
         model) and how they were made (stored in the plan and the result rows)."""
         if self._calib is None:
+            self.configure_model()  # also usable outside a Trainer (notebooks)
             s = self.calibration_settings()
             rows = self._cached_rows(s)
             if rows is None:
@@ -163,7 +165,8 @@ class LlamaGenModule(L.LightningModule):
         return saved["rows"] if saved.get("key") == repr(self._cache_key(settings)) else None
 
     def _save_rows(self, settings: dict[str, Any], rows: Tensor) -> None:
-        if self.calibration_cache is not None and self.trainer.is_global_zero:
+        trainer = self._trainer  # None outside a Trainer
+        if self.calibration_cache is not None and (trainer is None or trainer.is_global_zero):
             Path(self.calibration_cache).parent.mkdir(parents=True, exist_ok=True)
             torch.save({"key": repr(self._cache_key(settings)), "rows": rows}, self.calibration_cache)
 
@@ -177,7 +180,7 @@ class LlamaGenModule(L.LightningModule):
 
     def val_dataloader(self):
         if self.trainer.world_size > 1:
-            raise NumpruneError("LlamaGen evaluation runs on one device (calibration may use DDP through a plan)")
+            raise NumpruneError("LlamaGen evaluation runs on one device: --trainer='{devices: 1}'")
         classes = self.generation_classes().split(self.gen_spec.batch_size)
         return torch.utils.data.DataLoader(list(enumerate(classes)), batch_size=None)
 
