@@ -167,8 +167,11 @@ class LlamaGenModule(L.LightningModule):
     def _save_rows(self, settings: dict[str, Any], rows: Tensor) -> None:
         trainer = self._trainer  # None outside a Trainer
         if self.calibration_cache is not None and (trainer is None or trainer.is_global_zero):
-            Path(self.calibration_cache).parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"key": repr(self._cache_key(settings)), "rows": rows}, self.calibration_cache)
+            path = Path(self.calibration_cache)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")  # renamed into place: an interrupted write leaves no broken cache
+            torch.save({"key": repr(self._cache_key(settings)), "rows": rows}, tmp)
+            tmp.replace(path)
 
     # --- validation: generate, decode, score ------------------------------------------------------------------
     def generation_classes(self) -> Tensor:
