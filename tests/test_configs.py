@@ -88,7 +88,9 @@ def test_llamagen_config_dry_run(capsys):
     assert main(["run", str(CONFIGS / "table3_llamagen.yaml"), "--dry_run=true"]) == 0
     out = capsys.readouterr().out
     assert "14 points" in out and "LlamaGen-3B flap 0.2" in out
-    assert main(["run", str(CONFIGS / "table3_llamagen.yaml")]) == 2  # no runner yet: one clear line
+    # A real run checks everything before loading a model: here the checkpoints are absent (one clear line).
+    assert main(["run", str(CONFIGS / "table3_llamagen.yaml")]) == 2
+    assert "checkpoint checkpoints/llamagen/c2i_XXL_384.pt does not exist" in capsys.readouterr().err
 
 
 def fake_zeroshot(model, tokenizer, tasks="paper", batch_size=1):

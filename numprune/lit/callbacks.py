@@ -35,12 +35,16 @@ from numprune.prune import PruneConfig, Reduce, apply_plan_, plan_pruning
 log = logging.getLogger("numprune")
 
 
-def _calibration(trainer: L.Trainer, who: str) -> tuple[Tensor, dict]:
-    """This process's shard of the datamodule's calibration windows, and their description."""
-    dm = trainer.datamodule
-    if dm is None or not hasattr(dm, "calibration"):
-        raise NumpruneError(f"{who} needs a datamodule with calibration windows (numprune.lit.TextDataModule)")
-    windows, info = dm.calibration()
+def _calibration(trainer: L.Trainer, pl_module: L.LightningModule, who: str) -> tuple[Tensor, dict]:
+    """This process's shard of the calibration rows, and their description: ``calibration()`` of the datamodule
+    (text windows, ``TextDataModule``) or else of the module (rows it makes itself, ``LlamaGenModule``)."""
+    source = next((s for s in (trainer.datamodule, pl_module) if hasattr(s, "calibration")), None)
+    if source is None:
+        raise NumpruneError(
+            f"{who} needs calibration rows: a datamodule or module with calibration() "
+            "(numprune.lit.TextDataModule, numprune.lit.LlamaGenModule)"
+        )
+    windows, info = source.calibration()
     world, rank = trainer.world_size, trainer.global_rank
     if windows.shape[0] < world:
         raise NumpruneError(f"{windows.shape[0]} calibration samples cannot be shared by {world} processes")
@@ -88,7 +92,7 @@ class ScoringCallback(L.Callback):
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if _skip(trainer) or getattr(pl_module, "plan", None) is not None:
             return  # once per run: a module that has a plan is not scored again
-        calib, info = _calibration(trainer, "ScoringCallback")
+        calib, info = _calibration(trainer, pl_module, "ScoringCallback")
         with torch.inference_mode(False), torch.no_grad():
             plan, stats = plan_pruning(pl_module.model, calib, self.cfg, calibration_info=info, reduce=_reduce(trainer))
         _check_same_on_every_rank(trainer, plan)
@@ -128,7 +132,7 @@ class CompensationCallback(L.Callback):
             )
         stats = getattr(pl_module, "pruning_stats", None)
         needs_calibration = stats is None and plan.options.get("compensation", "dense") != "none"
-        calib = _calibration(trainer, "CompensationCallback")[0] if needs_calibration else None
+        calib = _calibration(trainer, pl_module, "CompensationCallback")[0] if needs_calibration else None
         start = time.perf_counter()
         with torch.inference_mode(False), torch.no_grad():
             apply_plan_(pl_module.model, plan, calib, stats=stats, reduce=_reduce(trainer))

@@ -103,7 +103,7 @@ def run_config(config: str, overrides: list[str]) -> list[dict[str, Any]]:
     """Run (or, with ``--dry_run=true``, list) every point of a config; returns the rows written."""
     raw = yaml.safe_load(Path(config).read_text()) if Path(config).is_file() else None
     if isinstance(raw, dict) and raw.get("runner") == "llamagen":
-        from numprune.lit.llamagen_config import run_llamagen
+        from numprune.lit.llamagen_run import run_llamagen
 
         return run_llamagen(raw, overrides)
     args = [f"--config={config}", *overrides]
