@@ -38,7 +38,8 @@ def loss_gradients(model: nn.Module, adapter: Adapter, samples: Tensor) -> None:
     with torch.enable_grad():
         for row in samples:
             ids = row[None].to(device)
-            logits = adapter.run_model(model, ids).logits
+            out = adapter.run_model(model, ids)
+            logits = getattr(out, "logits", out)  # HF output object, or the logits themselves (LlamaGen)
             loss = nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
             loss.backward()
 
