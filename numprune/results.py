@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -137,18 +138,22 @@ def has_row(path: str | Path, row: dict[str, Any]) -> bool:
 
 
 def append_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Append rows atomically: the file is rewritten to a temporary file and renamed over the old one."""
+    """Append rows atomically: the file is rewritten to a temporary file and renamed over the old one, under an
+    exclusive lock, so that several processes of one grid can share a CSV without losing rows."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    all_rows = read_rows(p) + [normalise(r) for r in rows]
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for r in all_rows:
-                writer.writerow({c: r.get(c, "") for c in COLUMNS})
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    new_rows = [normalise(r) for r in rows]
+    with open(p.parent / f".{p.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        all_rows = read_rows(p) + new_rows
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+                writer.writeheader()
+                for r in all_rows:
+                    writer.writerow({c: r.get(c, "") for c in COLUMNS})
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
