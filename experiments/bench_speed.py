@@ -119,13 +119,13 @@ def merge_rounds(runs: list[dict]) -> dict:
 
 def rows_for(args, spec: dict, res: dict, dense: dict, plan) -> list[dict]:
     from numprune.eval.speed import limit_speedup
-    from numprune.prune import _versions
+    from numprune.prune import library_versions
     from numprune.results import git_commit
 
     base = {"experiment": "speed", "model": args.config or args.model, "method": "dense" if not spec["ratio"] else
             ("numerical" if plan is not None else "random-shapes"), "ratio": spec["ratio"], "ratio_of": "params",
             "seed": args.seed, "eval_dataset": "random-prompt", "eval_source": "torch.randint",
-            "eval_seqlen": args.prompt_len, "git_commit": git_commit(), "versions": _versions(),
+            "eval_seqlen": args.prompt_len, "git_commit": git_commit(), "versions": library_versions(),
             "params_after": res["params"], "params_before": dense["params"],
             "ratio_achieved": 1 - res["attn_mlp_params"] / dense["attn_mlp_params"]}  # fmt: skip
     if plan is not None:

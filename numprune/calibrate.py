@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 from numprune.adapters import Adapter
 from numprune.errors import NumpruneError
 
+Reduce = Callable[[Tensor], Tensor]  # sums a tensor over processes (all-reduce); None: one process
+
 
 @dataclass
 class InputStats:
@@ -34,6 +36,15 @@ class InputStats:
 
     def to(self, device: str | torch.device) -> InputStats:
         return InputStats(self.gram.to(device), self.mean.to(device), self.count)
+
+
+def check_calibration(calibration: Tensor) -> Tensor:
+    """The calibration token ids as int64 ``[nsamples, seqlen]``; a clear error otherwise."""
+    if not isinstance(calibration, Tensor) or calibration.ndim != 2 or calibration.numel() == 0:
+        raise NumpruneError("calibration must be a non-empty [nsamples, seqlen] tensor of token ids")
+    if calibration.dtype not in (torch.int32, torch.int64):
+        raise NumpruneError(f"calibration token ids must be integers, got {calibration.dtype}")
+    return calibration.long()
 
 
 class GramAccumulator:

@@ -10,92 +10,20 @@ import dataclasses
 import hashlib
 import resource
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from numprune.adapters import Adapter, LayerGeometry, get_adapter
-from numprune.adapters.base import head_columns
-from numprune.calibrate import InputStats, LayerwiseRunner
+from numprune.adapters import get_adapter
+from numprune.calibrate import InputStats, Reduce, check_calibration
+from numprune.config import PruneConfig
 from numprune.errors import NumpruneError
-from numprune.methods import LayerScores, Method, get_method
+from numprune.methods import get_method
+from numprune.passes import apply_pass, dense_statistics, score_pass
 from numprune.plan import LayerPlan, PruningPlan
-from numprune.select import LayerUnits, Selection, select_units
-from numprune.surgery import prune_attention_, prune_mlp_
+from numprune.select import LayerUnits, Selection, attention_units, kept_heads, select_units
 
-
-@dataclass(frozen=True)
-class PruneConfig:
-    """Every choice of a pruning run (METHOD.md states each default and why)."""
-
-    ratio: float
-    method: str = "numerical"
-    ratio_of: Literal["params", "units"] = "params"
-    allocation: Literal["global", "uniform"] | None = None  # None: the method's default
-    head_scaling: Literal["alpha", "none"] | None = None  # None: the method's default
-    gqa: Literal["groups", "query"] = "groups"  # prune whole KV groups, or query heads within groups
-    min_heads: int = 1  # per layer: KV groups kept (gqa="groups"), or query heads kept per group ("query")
-    min_channels: int = 1
-    round_to: int = 1  # round kept MLP channels per layer to a multiple
-    compensation: Literal["dense", "sequential", "none"] = "dense"
-    damp: float = 0.1  # chosen on held-out PTB validation (docs/ablations.md); 0.01 = SparseGPT convention
-    lam: float | None = None  # None: hard-constraint limit
-    iters: int = 1
-    box: bool = False
-    eps: float = 1e-5
-    mask_only: bool = False
-    device: str | None = None  # compute device for calibration (default: where the model is)
-    stats_cache_gib: float = 4.0  # keep dense statistics for compensation when they fit, else recompute
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.ratio < 1.0:
-            raise NumpruneError(f"ratio must be in [0, 1), got {self.ratio}")
-        choices = {
-            "ratio_of": ("params", "units"),
-            "allocation": ("global", "uniform", None),
-            "head_scaling": ("alpha", "none", None),
-            "gqa": ("groups", "query"),
-            "compensation": ("dense", "sequential", "none"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise NumpruneError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.min_heads < 0 or self.min_channels < 0 or self.round_to < 1:
-            raise NumpruneError("min_heads and min_channels must be >= 0 and round_to >= 1")
-        if self.damp < 0 or self.iters < 1 or (self.lam is not None and self.lam <= 0):
-            raise NumpruneError("damp must be >= 0, iters >= 1 and lam > 0 (or None)")
-
-
-def attention_units(heads: Tensor, geo: LayerGeometry, gqa: str) -> tuple[Tensor, int]:
-    """Attention units of one layer from its head scores, and the parameters one unit removes.
-
-    ``groups``: one unit per KV group (mean of its query heads), costing ``D_h * hidden * (2G + 2)``.
-    ``query``: unit ``k`` removes the k-th lowest query head of every group (score: their mean), costing
-    ``KV * D_h * hidden * 2``; the slices are ascending, so any global order prunes them in order.
-    """
-    g = geo.group_size
-    per_group = heads.reshape(geo.num_kv_heads, g)
-    if gqa == "groups":
-        return per_group.mean(dim=1), geo.head_dim * geo.hidden * (2 * g + 2)
-    slices = per_group.sort(dim=1).values.mean(dim=0)[: g - 1]  # at least one query head per group stays
-    return slices, geo.num_kv_heads * geo.head_dim * geo.hidden * 2
-
-
-def kept_heads(heads: Tensor, geo: LayerGeometry, gqa: str, kept_units: Tensor, n_units: int) -> tuple[Tensor, Tensor]:
-    """Kept query heads and KV heads from the kept attention units."""
-    g = geo.group_size
-    if gqa == "groups":
-        kv = kept_units
-        return (kv[:, None] * g + torch.arange(g)).reshape(-1), kv
-    n_pruned = n_units - kept_units.numel()
-    order = heads.reshape(geo.num_kv_heads, g).argsort(dim=1, stable=True)[:, n_pruned:].sort(dim=1).values
-    q = (torch.arange(geo.num_kv_heads)[:, None] * g + order).reshape(-1)
-    return q, torch.arange(geo.num_kv_heads)
+__all__ = ["PruneConfig", "Reduce", "apply_plan_", "count_params", "dense_statistics", "plan_pruning", "prune_"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -113,14 +41,6 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         peak["peak_device_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return peak
-
-
-def _check_calibration(calibration: Tensor) -> Tensor:
-    if not isinstance(calibration, Tensor) or calibration.ndim != 2 or calibration.numel() == 0:
-        raise NumpruneError("calibration must be a non-empty [nsamples, seqlen] tensor of token ids")
-    if calibration.dtype not in (torch.int32, torch.int64):
-        raise NumpruneError(f"calibration token ids must be integers, got {calibration.dtype}")
-    return calibration.long()
 
 
 @torch.no_grad()
@@ -157,9 +77,6 @@ def prune_(
     return plan
 
 
-Reduce = Callable[[Tensor], Tensor]  # sums a tensor over processes (all-reduce); None: one process
-
-
 @torch.no_grad()
 def plan_pruning(
     model: nn.Module,
@@ -179,7 +96,7 @@ def plan_pruning(
     """
     adapter = get_adapter(model)
     meth = get_method(cfg.method)
-    calibration = _check_calibration(calibration)
+    calibration = check_calibration(calibration)
     device = _compute_device(model, cfg, reset_peak=True)
     start = time.perf_counter()
     was_training = model.training
@@ -198,7 +115,7 @@ def plan_pruning(
         if len(scores) != len(geos):
             raise NumpruneError(f"{meth.name}.score_model returned {len(scores)} layers, expected {len(geos)}")
     else:
-        scores, cache = _score_pass(model, adapter, meth, cfg, calibration, device, geos, dense_stats, reduce)
+        scores, cache = score_pass(model, adapter, meth, cfg, calibration, device, geos, dense_stats, reduce)
     model.train(was_training)
 
     units = [attention_units(s.heads, g, cfg.gqa) for s, g in zip(scores, geos)]
@@ -264,7 +181,7 @@ def plan_pruning(
             "fingerprint": model_fingerprint(model),
         },
         timing={"score_seconds": time.perf_counter() - start},
-        versions=_versions(),
+        versions=library_versions(),
     )
     return plan, cache
 
@@ -300,11 +217,11 @@ def apply_plan_(
     if needs_stats and stats is None and calibration is None:
         raise NumpruneError(f"compensation={cfg.compensation!r} needs calibration samples or the plan's statistics")
     if calibration is not None:
-        calibration = _check_calibration(calibration)
+        calibration = check_calibration(calibration)
     output_bias = meth.adds_bias or any(
         p is not None and p.bias is not None for layer in layers for p in adapter.out_projections(layer)
     )
-    _apply(model, adapter, meth, cfg, calibration, device, geos, plan.layers, stats, output_bias, reduce)
+    apply_pass(model, adapter, meth, cfg, calibration, device, geos, plan.layers, stats, output_bias, reduce)
     if not cfg.mask_only:
         adapter.finalize(model, [adapter.geometry(layer) for layer in layers], output_bias)
         plan.achieved["model_params_after"] = count_params(model)
@@ -373,143 +290,7 @@ def _check_reached(sel: Selection, cfg: PruneConfig, layers: list[LayerUnits], a
         )
 
 
-def _score_pass(
-    model: nn.Module,
-    adapter: Adapter,
-    meth: Method,
-    cfg: PruneConfig,
-    calibration: Tensor,
-    device: torch.device,
-    geos: list[LayerGeometry],
-    dense_stats: list[dict[str, InputStats]] | None = None,
-    reduce: Reduce | None = None,
-) -> tuple[list[LayerScores], list[dict[str, InputStats]] | None]:
-    if dense_stats is not None:
-        if len(dense_stats) != len(geos) or any(
-            st["down_proj"].gram.shape[0] != g.intermediate or st["o_proj"].gram.shape[0] != g.num_heads * g.head_dim
-            for st, g in zip(dense_stats, geos)
-        ):
-            raise NumpruneError("dense_stats do not match this model's layers")
-        scores = []
-        for i, layer in enumerate(adapter.layers(model)):
-            o_proj, down_proj = adapter.out_projections(layer)
-            st = {k: v.to(o_proj.weight.device) for k, v in dense_stats[i].items()}
-            scores.append(meth.score(st, o_proj.weight, down_proj.weight, geos[i], cfg))
-        return scores, dense_stats if cfg.compensation == "dense" else None
-    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
-    scores: list[LayerScores] = []
-    stats_bytes = sum(8 * (g.num_heads * g.head_dim) ** 2 + 8 * g.intermediate**2 for g in geos)
-    keep_stats = cfg.compensation == "dense" and stats_bytes <= cfg.stats_cache_gib * 2**30
-    cache: list[dict[str, InputStats]] | None = [] if keep_stats else None
-
-    def visit(i: int, layer: nn.Module) -> list[Tensor]:
-        stats, out = runner.collect(layer, i)
-        o_proj, down_proj = adapter.out_projections(layer)
-        scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
-        if cache is not None:
-            cache.append({k: v.to("cpu") for k, v in stats.items()})
-        return out  # the dense outputs feed the next layer
-
-    runner.walk(visit, desc=f"{meth.name}: calibrate + score")
-    return scores, cache
-
-
-@torch.no_grad()
-def dense_statistics(
-    model: nn.Module, calibration: Tensor, device: str | None = None, progress: bool = False
-) -> list[dict[str, InputStats]]:
-    """Per layer, the dense input statistics of ``o_proj`` / ``down_proj`` (on the CPU): the pass ``prune_``
-    starts with, computed once so that a grid of methods and ratios on the same model can share it."""
-    adapter = get_adapter(model)
-    dev = torch.device(device) if device else next(model.parameters()).device
-    runner = LayerwiseRunner(model, adapter, _check_calibration(calibration), dev, progress=progress)
-    out: list[dict[str, InputStats]] = []
-
-    def visit(i: int, layer: nn.Module) -> list[Tensor]:
-        stats, hidden = runner.collect(layer, i)
-        out.append({k: v.to("cpu") for k, v in stats.items()})
-        return hidden
-
-    runner.walk(visit, desc="dense statistics")
-    return out
-
-
-def _apply(
-    model: nn.Module,
-    adapter: Adapter,
-    meth: Method,
-    cfg: PruneConfig,
-    calibration: Tensor | None,
-    device: torch.device,
-    geos: list[LayerGeometry],
-    plans: list[LayerPlan],
-    cache: list[dict[str, InputStats]] | None,
-    output_bias: bool,
-    reduce: Reduce | None = None,
-) -> None:
-    """Repair and cut every layer: from cached dense statistics, from a dense re-pass, or sequentially."""
-    layers = adapter.layers(model)
-
-    def cut(i: int, layer: nn.Module, stats: dict[str, InputStats | None], parts: tuple[str, ...]) -> None:
-        p, g = plans[i], geos[i]
-        o_proj, down_proj = adapter.out_projections(layer)
-        if "attn" in parts:
-            heads = torch.tensor(p.heads, dtype=torch.long)
-            cols = head_columns(g, heads)
-            w, b = meth.repair(
-                _on(stats.get("o_proj"), o_proj.weight), o_proj.weight, cols.to(o_proj.weight.device), cfg
-            )
-            prune_attention_(
-                adapter,
-                layer,
-                g,
-                heads,
-                torch.tensor(p.kv_heads, dtype=torch.long),
-                w,
-                b,
-                output_bias=output_bias,
-                mask_only=cfg.mask_only,
-            )
-        if "mlp" in parts:
-            ch = torch.tensor(p.channels, dtype=torch.long)
-            w, b = meth.repair(
-                _on(stats.get("down_proj"), down_proj.weight), down_proj.weight, ch.to(down_proj.weight.device), cfg
-            )
-            prune_mlp_(adapter, layer, ch, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
-
-    # Methods whose repair is a plain slice (Wanda-sp, magnitude, LLM-Pruner) need no statistics at all.
-    needs_stats = (cfg.compensation != "none" and getattr(meth, "repair_uses_stats", True)) or meth.adds_bias
-    if not needs_stats or cache is not None:
-        for i, layer in enumerate(layers):
-            cut(i, layer, cache[i] if (cache is not None and needs_stats) else {}, ("attn", "mlp"))
-        return
-    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
-    if cfg.compensation == "sequential":
-
-        def visit(i: int, layer: nn.Module) -> None:
-            # Inputs come through the already pruned layers; the MLP sees the pruned attention of this layer.
-            stats, _ = runner.collect(layer, i, names=("o_proj",))
-            cut(i, layer, stats, ("attn",))
-            stats, _ = runner.collect(layer, i, names=("down_proj",))
-            cut(i, layer, stats, ("mlp",))
-            return None  # propagate through the pruned layer
-
-        runner.walk(visit, desc=f"{meth.name}: sequential repair")
-    else:
-
-        def visit_dense(i: int, layer: nn.Module) -> list[Tensor]:
-            stats, out = runner.collect(layer, i)
-            cut(i, layer, stats, ("attn", "mlp"))
-            return out  # dense outputs: every layer is repaired against the dense model's inputs
-
-        runner.walk(visit_dense, desc=f"{meth.name}: dense repair")
-
-
-def _on(stats: InputStats | None, like: Tensor) -> InputStats | None:
-    return None if stats is None else stats.to(like.device)
-
-
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     import transformers
 
     from numprune import __version__

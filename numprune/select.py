@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from numprune.adapters.base import LayerGeometry
+
 RatioOf = Literal["params", "units"]
 Allocation = Literal["global", "uniform"]
 HeadScaling = Literal["alpha", "none"]
@@ -183,3 +185,30 @@ def _round_kept(scores: Tensor, pruned: Tensor, multiple: int) -> Tensor:
     out = torch.ones(n, dtype=torch.bool)
     out[scores.argsort(descending=True, stable=True)[:target]] = False
     return out
+
+
+def attention_units(heads: Tensor, geo: LayerGeometry, gqa: str) -> tuple[Tensor, int]:
+    """Attention units of one layer from its head scores, and the parameters one unit removes.
+
+    ``groups``: one unit per KV group (mean of its query heads), costing ``D_h * hidden * (2G + 2)``.
+    ``query``: unit ``k`` removes the k-th lowest query head of every group (score: their mean), costing
+    ``KV * D_h * hidden * 2``; the slices are ascending, so any global order prunes them in order.
+    """
+    g = geo.group_size
+    per_group = heads.reshape(geo.num_kv_heads, g)
+    if gqa == "groups":
+        return per_group.mean(dim=1), geo.head_dim * geo.hidden * (2 * g + 2)
+    slices = per_group.sort(dim=1).values.mean(dim=0)[: g - 1]  # at least one query head per group stays
+    return slices, geo.num_kv_heads * geo.head_dim * geo.hidden * 2
+
+
+def kept_heads(heads: Tensor, geo: LayerGeometry, gqa: str, kept_units: Tensor, n_units: int) -> tuple[Tensor, Tensor]:
+    """Kept query heads and KV heads from the kept attention units."""
+    g = geo.group_size
+    if gqa == "groups":
+        kv = kept_units
+        return (kv[:, None] * g + torch.arange(g)).reshape(-1), kv
+    n_pruned = n_units - kept_units.numel()
+    order = heads.reshape(geo.num_kv_heads, g).argsort(dim=1, stable=True)[:, n_pruned:].sort(dim=1).values
+    q = (torch.arange(geo.num_kv_heads)[:, None] * g + order).reshape(-1)
+    return q, torch.arange(geo.num_kv_heads)

@@ -1,0 +1,152 @@
+"""The passes over a model that ``prune_`` runs: the dense scoring pass, shared dense statistics, and the
+repair + surgery pass (from cached dense statistics, a dense re-pass, or sequentially through pruned layers)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from numprune.adapters import Adapter, LayerGeometry, get_adapter
+from numprune.adapters.base import head_columns
+from numprune.calibrate import InputStats, LayerwiseRunner, Reduce, check_calibration
+from numprune.config import PruneConfig
+from numprune.errors import NumpruneError
+from numprune.methods import LayerScores, Method
+from numprune.plan import LayerPlan
+from numprune.surgery import prune_attention_, prune_mlp_
+
+
+def score_pass(
+    model: nn.Module,
+    adapter: Adapter,
+    meth: Method,
+    cfg: PruneConfig,
+    calibration: Tensor,
+    device: torch.device,
+    geos: list[LayerGeometry],
+    dense_stats: list[dict[str, InputStats]] | None = None,
+    reduce: Reduce | None = None,
+) -> tuple[list[LayerScores], list[dict[str, InputStats]] | None]:
+    if dense_stats is not None:
+        if len(dense_stats) != len(geos) or any(
+            st["down_proj"].gram.shape[0] != g.intermediate or st["o_proj"].gram.shape[0] != g.num_heads * g.head_dim
+            for st, g in zip(dense_stats, geos)
+        ):
+            raise NumpruneError("dense_stats do not match this model's layers")
+        scores = []
+        for i, layer in enumerate(adapter.layers(model)):
+            o_proj, down_proj = adapter.out_projections(layer)
+            st = {k: v.to(o_proj.weight.device) for k, v in dense_stats[i].items()}
+            scores.append(meth.score(st, o_proj.weight, down_proj.weight, geos[i], cfg))
+        return scores, dense_stats if cfg.compensation == "dense" else None
+    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
+    scores: list[LayerScores] = []
+    stats_bytes = sum(8 * (g.num_heads * g.head_dim) ** 2 + 8 * g.intermediate**2 for g in geos)
+    keep_stats = cfg.compensation == "dense" and stats_bytes <= cfg.stats_cache_gib * 2**30
+    cache: list[dict[str, InputStats]] | None = [] if keep_stats else None
+
+    def visit(i: int, layer: nn.Module) -> list[Tensor]:
+        stats, out = runner.collect(layer, i)
+        o_proj, down_proj = adapter.out_projections(layer)
+        scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
+        if cache is not None:
+            cache.append({k: v.to("cpu") for k, v in stats.items()})
+        return out  # the dense outputs feed the next layer
+
+    runner.walk(visit, desc=f"{meth.name}: calibrate + score")
+    return scores, cache
+
+
+@torch.no_grad()
+def dense_statistics(
+    model: nn.Module, calibration: Tensor, device: str | None = None, progress: bool = False
+) -> list[dict[str, InputStats]]:
+    """Per layer, the dense input statistics of ``o_proj`` / ``down_proj`` (on the CPU): the pass ``prune_``
+    starts with, computed once so that a grid of methods and ratios on the same model can share it."""
+    adapter = get_adapter(model)
+    dev = torch.device(device) if device else next(model.parameters()).device
+    runner = LayerwiseRunner(model, adapter, check_calibration(calibration), dev, progress=progress)
+    out: list[dict[str, InputStats]] = []
+
+    def visit(i: int, layer: nn.Module) -> list[Tensor]:
+        stats, hidden = runner.collect(layer, i)
+        out.append({k: v.to("cpu") for k, v in stats.items()})
+        return hidden
+
+    runner.walk(visit, desc="dense statistics")
+    return out
+
+
+def apply_pass(
+    model: nn.Module,
+    adapter: Adapter,
+    meth: Method,
+    cfg: PruneConfig,
+    calibration: Tensor | None,
+    device: torch.device,
+    geos: list[LayerGeometry],
+    plans: list[LayerPlan],
+    cache: list[dict[str, InputStats]] | None,
+    output_bias: bool,
+    reduce: Reduce | None = None,
+) -> None:
+    """Repair and cut every layer: from cached dense statistics, from a dense re-pass, or sequentially."""
+    layers = adapter.layers(model)
+
+    def cut(i: int, layer: nn.Module, stats: dict[str, InputStats | None], parts: tuple[str, ...]) -> None:
+        p, g = plans[i], geos[i]
+        o_proj, down_proj = adapter.out_projections(layer)
+        if "attn" in parts:
+            heads = torch.tensor(p.heads, dtype=torch.long)
+            cols = head_columns(g, heads)
+            w, b = meth.repair(
+                _on(stats.get("o_proj"), o_proj.weight), o_proj.weight, cols.to(o_proj.weight.device), cfg
+            )
+            prune_attention_(
+                adapter,
+                layer,
+                g,
+                heads,
+                torch.tensor(p.kv_heads, dtype=torch.long),
+                w,
+                b,
+                output_bias=output_bias,
+                mask_only=cfg.mask_only,
+            )
+        if "mlp" in parts:
+            ch = torch.tensor(p.channels, dtype=torch.long)
+            w, b = meth.repair(
+                _on(stats.get("down_proj"), down_proj.weight), down_proj.weight, ch.to(down_proj.weight.device), cfg
+            )
+            prune_mlp_(adapter, layer, ch, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
+
+    # Methods whose repair is a plain slice (Wanda-sp, magnitude, LLM-Pruner) need no statistics at all.
+    needs_stats = (cfg.compensation != "none" and getattr(meth, "repair_uses_stats", True)) or meth.adds_bias
+    if not needs_stats or cache is not None:
+        for i, layer in enumerate(layers):
+            cut(i, layer, cache[i] if (cache is not None and needs_stats) else {}, ("attn", "mlp"))
+        return
+    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
+    if cfg.compensation == "sequential":
+
+        def visit(i: int, layer: nn.Module) -> None:
+            # Inputs come through the already pruned layers; the MLP sees the pruned attention of this layer.
+            stats, _ = runner.collect(layer, i, names=("o_proj",))
+            cut(i, layer, stats, ("attn",))
+            stats, _ = runner.collect(layer, i, names=("down_proj",))
+            cut(i, layer, stats, ("mlp",))
+            return None  # propagate through the pruned layer
+
+        runner.walk(visit, desc=f"{meth.name}: sequential repair")
+    else:
+
+        def visit_dense(i: int, layer: nn.Module) -> list[Tensor]:
+            stats, out = runner.collect(layer, i)
+            cut(i, layer, stats, ("attn", "mlp"))
+            return out  # dense outputs: every layer is repaired against the dense model's inputs
+
+        runner.walk(visit_dense, desc=f"{meth.name}: dense repair")
+
+
+def _on(stats: InputStats | None, like: Tensor) -> InputStats | None:
+    return None if stats is None else stats.to(like.device)
