@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from numprune.grid import Point, run_point
+from numprune.grid import Point, run_points
 
 RATIOS = (0.2, 0.4, 0.1, 0.3, 0.5)  # in this order, so that a partial grid has the ablation ratios first
 TIMED_RATIO = 0.2  # this point of each method runs the full pipeline; the others share one dense pass
@@ -44,17 +44,7 @@ def main() -> None:
         for r in args.ratios
         for m in args.methods
     ]
-    for p in points:
-        for row in run_point(p, args.results, data_dir=args.data_dir):
-            print(
-                row["method"],
-                row["ratio"],
-                row["metric"],
-                row.get("eval_dataset", ""),
-                f"{row['value']:.4g}",
-                row.get("ratio_achieved", ""),
-                flush=True,
-            )
+    run_points(points, args.results, data_dir=args.data_dir)
 
 
 if __name__ == "__main__":

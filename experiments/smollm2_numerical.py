@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from numprune.grid import Point, run_point
+from numprune.grid import Point, run_points
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -39,16 +39,7 @@ def main() -> None:
                 options={"compensation": "none"},
             )
         )
-    for p in points:
-        for row in run_point(p, args.results, data_dir=args.data_dir):
-            print(
-                row["method"],
-                row["ratio"],
-                row["metric"],
-                row.get("eval_dataset", ""),
-                round(row["value"], 3),
-                flush=True,
-            )
+    run_points(points, args.results, data_dir=args.data_dir)
 
 
 if __name__ == "__main__":

@@ -143,3 +143,19 @@ def run_point(
     del model
     gc.collect()
     return rows
+
+
+def run_points(points: list[Point], results: str | Path, data_dir: str | None = None) -> None:
+    """``run_point`` for each point, printing one line per new row (what, ratio asked, value, ratio achieved)."""
+    for p in points:
+        for row in run_point(p, results, data_dir=data_dir):
+            where = row.get("eval_dataset", "")
+            print(
+                row["method"],
+                row["ratio"],
+                row["metric"],
+                where,
+                f"{row['value']:.4g}",
+                row.get("ratio_achieved", ""),
+                flush=True,
+            )

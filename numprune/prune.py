@@ -26,14 +26,13 @@ from numprune.select import LayerUnits, Selection, attention_units, kept_heads, 
 __all__ = ["PruneConfig", "Reduce", "apply_plan_", "count_params", "dense_statistics", "plan_pruning", "prune_"]
 
 
+def unique_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters counted once (tied embeddings share one tensor)."""
+    return list({id(p): p for p in model.parameters()}.values())
+
+
 def count_params(model: nn.Module) -> int:
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
+    return sum(p.numel() for p in unique_parameters(model))
 
 
 def _peak_memory(device: torch.device) -> dict[str, float]:

@@ -66,13 +66,9 @@ def rss_peak_gib() -> float:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel() * p.element_size()
-    return total
+    from numprune.prune import unique_parameters
+
+    return sum(p.numel() * p.element_size() for p in unique_parameters(model))
 
 
 def attn_mlp_params(model: nn.Module) -> int:
