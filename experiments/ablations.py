@@ -34,7 +34,8 @@ ABLATIONS: dict[str, list[tuple[str, dict, int]]] = {
     "gqa": [(g, {"gqa": g}, 32) for g in ("groups", "query")],
     "allocation": [(a, {"allocation": a}, 32) for a in ("global", "uniform")],
     "ratio_of": [(r, {"ratio_of": r}, 32) for r in ("params", "units")],
-    "nsamples": [("0 (no compensation)", {"compensation": "none"}, 32)] + [(str(n), {}, n) for n in (16, 32, 64)],
+    "nsamples": [("0 (no compensation)", {"compensation": "none"}, 32)]
+    + [(str(n), {}, n) for n in (16, 32, 64, 128)],
 }
 
 
