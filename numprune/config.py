@@ -29,6 +29,8 @@ class PruneConfig:
     eps: float = 1e-5
     mask_only: bool = False
     device: str | None = None  # compute device for calibration (default: where the model is)
+    calibration_mode: Literal["layerwise", "streaming"] = "layerwise"  # see numprune.passes.streaming_statistics
+    calibration_batch: int = 8  # samples per forward in streaming calibration
     stats_cache_gib: float = 4.0  # keep dense statistics for compensation when they fit, else recompute
     seed: int = 0
     progress: bool = True
@@ -42,11 +44,18 @@ class PruneConfig:
             "head_scaling": ("alpha", "none", None),
             "gqa": ("groups", "query"),
             "compensation": ("dense", "sequential", "none"),
+            "calibration_mode": ("layerwise", "streaming"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise NumpruneError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.min_heads < 0 or self.min_channels < 0 or self.round_to < 1:
             raise NumpruneError("min_heads and min_channels must be >= 0 and round_to >= 1")
+        if self.calibration_mode == "streaming" and self.compensation == "sequential":
+            raise NumpruneError(
+                "sequential compensation re-propagates layer by layer: use calibration_mode='layerwise'"
+            )
+        if self.calibration_batch < 1:
+            raise NumpruneError(f"calibration_batch must be >= 1, got {self.calibration_batch}")
         if self.damp < 0 or self.iters < 1 or (self.lam is not None and self.lam <= 0):
             raise NumpruneError("damp must be >= 0, iters >= 1 and lam > 0 (or None)")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from numprune.adapters import Adapter, LayerGeometry, get_adapter
 from numprune.adapters.base import head_columns
-from numprune.calibrate import InputStats, LayerwiseRunner, Reduce, check_calibration
+from numprune.calibrate import InputStats, LayerwiseRunner, Reduce, check_calibration, record_inputs
 from numprune.config import PruneConfig
 from numprune.errors import NumpruneError
 from numprune.methods import LayerScores, Method
@@ -55,6 +56,39 @@ def score_pass(
 
     runner.walk(visit, desc=f"{meth.name}: calibrate + score")
     return scores, cache
+
+
+@torch.no_grad()
+def streaming_statistics(
+    model: nn.Module,
+    calibration: Tensor,
+    batch_size: int = 8,
+    reduce: Reduce | None = None,
+    progress: bool = False,
+) -> list[dict[str, InputStats]]:
+    """The dense input statistics of every layer's ``o_proj`` / ``down_proj`` from whole-model forwards over
+    batches of samples (on the CPU afterwards).
+
+    Memory is the model plus one batch plus the Gram matrices, whatever the number of samples: the mode for
+    calibration sets too large for ``LayerwiseRunner``, which keeps every sample's hidden states (LlamaGen's 128
+    images x 1000 classes). The model must fit on the device it is on. Equal to the layerwise statistics.
+    """
+    adapter = get_adapter(model)
+    calibration = check_calibration(calibration)
+    device = next(model.parameters()).device
+    modules = {}
+    for i, layer in enumerate(adapter.layers(model)):
+        o_proj, down_proj = adapter.out_projections(layer)
+        modules[f"layer {i} o_proj"], modules[f"layer {i} down_proj"] = o_proj, down_proj
+    with record_inputs(modules) as accs:
+        starts = range(0, calibration.shape[0], batch_size)
+        for start in tqdm(starts, desc="calibration (streaming)", disable=not progress, leave=False):
+            adapter.run_model(model, calibration[start : start + batch_size].to(device))
+    if reduce is not None:
+        for acc in accs.values():
+            acc.reduce_(reduce)
+    n = len(adapter.layers(model))
+    return [{k: accs[f"layer {i} {k}"].stats().to("cpu") for k in ("o_proj", "down_proj")} for i in range(n)]
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from numprune.calibrate import InputStats, Reduce, check_calibration
 from numprune.config import PruneConfig
 from numprune.errors import NumpruneError
 from numprune.methods import get_method
-from numprune.passes import apply_pass, dense_statistics, score_pass
+from numprune.passes import apply_pass, dense_statistics, score_pass, streaming_statistics
 from numprune.plan import LayerPlan, PruningPlan
 from numprune.select import LayerUnits, Selection, attention_units, kept_heads, select_units
 
@@ -114,6 +114,8 @@ def plan_pruning(
         if len(scores) != len(geos):
             raise NumpruneError(f"{meth.name}.score_model returned {len(scores)} layers, expected {len(geos)}")
     else:
+        if dense_stats is None and cfg.calibration_mode == "streaming":
+            dense_stats = streaming_statistics(model, calibration, cfg.calibration_batch, reduce, cfg.progress)
         scores, cache = score_pass(model, adapter, meth, cfg, calibration, device, geos, dense_stats, reduce)
     model.train(was_training)
 

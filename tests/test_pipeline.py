@@ -167,3 +167,25 @@ def test_bad_inputs(calib):
         prune_(torch.nn.Linear(3, 3), calibration=calib, ratio=0.2)
     with pytest.raises(NumpruneError, match="unknown method"):
         prune_(model, calibration=calib, ratio=0.2, method="nope")
+
+
+def test_streaming_calibration_equals_layerwise(calib, inputs):
+    """Whole-model streaming statistics == the layer-by-layer runner's; same plan, same pruned model."""
+    from numprune.passes import dense_statistics, streaming_statistics
+
+    model = tiny_model("llama", 2)
+    layerwise = dense_statistics(model, calib)
+    streamed = streaming_statistics(model, calib, batch_size=3)
+    for a, b in zip(layerwise, streamed):
+        for k in ("o_proj", "down_proj"):
+            torch.testing.assert_close(a[k].gram, b[k].gram, atol=1e-6, rtol=1e-5)
+            assert a[k].count == b[k].count == calib.numel()
+    other = copy.deepcopy(model)
+    plan = prune_(model, calibration=calib, ratio=0.4, head_scaling="none", progress=False)
+    plan_s = prune_(
+        other, calibration=calib, ratio=0.4, head_scaling="none", progress=False, calibration_mode="streaming"
+    )
+    assert plan.layers == plan_s.layers
+    torch.testing.assert_close(model(inputs).logits, other(inputs).logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(NumpruneError, match="sequential"):
+        prune_(other, calibration=calib, ratio=0.2, calibration_mode="streaming", compensation="sequential")
