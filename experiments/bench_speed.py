@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DEFAULT_CALIB = Path(os.environ.get("NUMPRUNE_DATA_DIR", "/work/shared/data")) / "wikitext2" / "wiki.valid.tokens"
+DEFAULT_CALIB = Path(os.environ.get("NUMPRUNE_DATA_DIR", "../shared/data")) / "wikitext2" / "wiki.valid.tokens"
 
 
 def host() -> str:
