@@ -16,6 +16,7 @@ import os
 
 import torch
 
+from numprune.config import PruneConfig
 from numprune.grid import Point, run_point
 from numprune.results import append_rows, has_row, read_rows
 
@@ -34,8 +35,15 @@ ABLATIONS: dict[str, list[tuple[str, dict, int]]] = {
     "gqa": [(g, {"gqa": g}, 32) for g in ("groups", "query")],
     "allocation": [(a, {"allocation": a}, 32) for a in ("global", "uniform")],
     "ratio_of": [(r, {"ratio_of": r}, 32) for r in ("params", "units")],
-    "nsamples": [("0 (no compensation)", {"compensation": "none"}, 32)]
-    + [(str(n), {}, n) for n in (16, 32, 64, 128)],
+    # the paper's reading (whole KV groups, dense compensation) against the winners of the gqa and compensation
+    # ablations, alone and together: what the defaults are chosen from
+    "defaults": [
+        ("groups+dense", {"gqa": "groups", "compensation": "dense"}, 32),
+        ("query+dense", {"gqa": "query", "compensation": "dense"}, 32),
+        ("groups+sequential", {"gqa": "groups", "compensation": "sequential"}, 32),
+        ("query+sequential", {"gqa": "query", "compensation": "sequential"}, 32),
+    ],
+    "nsamples": [("0 (no compensation)", {"compensation": "none"}, 32)] + [(str(n), {}, n) for n in (16, 32, 64, 128)],
 }
 
 
@@ -47,7 +55,7 @@ def _reuse_default(name: str, ratio: float, label: str, options: dict, base: dic
     defaults = {"head_scaling": "alpha", "compensation": "dense", "gqa": "groups", "allocation": "global"}
     if any(defaults.get(k, "params") != v for k, v in options.items()):
         return
-    damp = base.get("damp", 0.01)
+    damp = base.get("damp", PruneConfig.__dataclass_fields__["damp"].default)  # the default the other rows use
     src = [
         r
         for r in read_rows("results/ablation_damp.csv")

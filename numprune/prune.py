@@ -21,7 +21,7 @@ from numprune.errors import NumpruneError
 from numprune.methods import get_method
 from numprune.passes import apply_pass, dense_statistics, score_pass, streaming_statistics
 from numprune.plan import LayerPlan, PruningPlan
-from numprune.select import LayerUnits, Selection, attention_units, kept_heads, select_units
+from numprune.select import LayerUnits, Selection, attention_units, gqa_mode, kept_heads, select_units
 
 __all__ = ["PruneConfig", "Reduce", "apply_plan_", "count_params", "dense_statistics", "plan_pruning", "prune_"]
 
@@ -134,7 +134,7 @@ def plan_pruning(
             allocation=allocation,
             head_scaling=cfg.head_scaling or getattr(meth, "default_head_scaling", "alpha"),
             # query mode: every group keeps >= 1 query head by construction; min_heads counts heads per group
-            min_attn=cfg.min_heads if cfg.gqa == "groups" else max(cfg.min_heads - 1, 0),
+            min_attn=cfg.min_heads if gqa_mode(cfg.gqa, geos[0]) == "groups" else max(cfg.min_heads - 1, 0),
             min_mlp=cfg.min_channels,
             round_to=cfg.round_to,
             layer_ratios=layer_ratios if allocation == "uniform" else None,

@@ -187,6 +187,12 @@ def _round_kept(scores: Tensor, pruned: Tensor, multiple: int) -> Tensor:
     return out
 
 
+def gqa_mode(gqa: str, geo: LayerGeometry) -> str:
+    """``query`` applies to grouped-query layers; multi-head layers (one query head per KV head) prune whole
+    heads either way."""
+    return "groups" if geo.group_size <= 1 else gqa
+
+
 def attention_units(heads: Tensor, geo: LayerGeometry, gqa: str) -> tuple[Tensor, int]:
     """Attention units of one layer from its head scores, and the parameters one unit removes.
 
@@ -196,7 +202,7 @@ def attention_units(heads: Tensor, geo: LayerGeometry, gqa: str) -> tuple[Tensor
     """
     g = geo.group_size
     per_group = heads.reshape(geo.num_kv_heads, g)
-    if gqa == "groups":
+    if gqa_mode(gqa, geo) == "groups":
         return per_group.mean(dim=1), geo.head_dim * geo.hidden * (2 * g + 2)
     slices = per_group.sort(dim=1).values.mean(dim=0)[: g - 1]  # at least one query head per group stays
     return slices, geo.num_kv_heads * geo.head_dim * geo.hidden * 2
@@ -205,7 +211,7 @@ def attention_units(heads: Tensor, geo: LayerGeometry, gqa: str) -> tuple[Tensor
 def kept_heads(heads: Tensor, geo: LayerGeometry, gqa: str, kept_units: Tensor, n_units: int) -> tuple[Tensor, Tensor]:
     """Kept query heads and KV heads from the kept attention units."""
     g = geo.group_size
-    if gqa == "groups":
+    if gqa_mode(gqa, geo) == "groups":
         kv = kept_units
         return (kv[:, None] * g + torch.arange(g)).reshape(-1), kv
     n_pruned = n_units - kept_units.numel()
