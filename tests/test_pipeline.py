@@ -189,3 +189,12 @@ def test_streaming_calibration_equals_layerwise(calib, inputs):
     torch.testing.assert_close(model(inputs).logits, other(inputs).logits, atol=1e-4, rtol=1e-4)
     with pytest.raises(NumpruneError, match="sequential"):
         prune_(other, calibration=calib, ratio=0.2, calibration_mode="streaming", compensation="sequential")
+
+
+def test_query_mode_prunes_whole_heads_of_multi_head_layers(calib):
+    """With one query head per KV head there is no group to prune within: both modes prune the same heads."""
+    plans = [
+        prune_(tiny_model("llama", 4), calibration=calib, ratio=0.4, head_scaling="none", gqa=mode, progress=False)
+        for mode in ("groups", "query")
+    ]
+    assert plans[0].layers == plans[1].layers and plans[1].achieved["heads_pruned"] > 0
