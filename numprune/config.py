@@ -17,11 +17,13 @@ class PruneConfig:
     ratio_of: Literal["params", "units"] = "params"
     allocation: Literal["global", "uniform"] | None = None  # None: the method's default
     head_scaling: Literal["alpha", "none"] | None = None  # None: the method's default
-    gqa: Literal["groups", "query"] = "groups"  # prune whole KV groups, or query heads within groups
+    # GQA: prune query heads within KV groups (held-out best, docs/ablations.md), or whole KV groups ("groups")
+    gqa: Literal["groups", "query"] = "query"
     min_heads: int = 1  # per layer: KV groups kept (gqa="groups"), or query heads kept per group ("query")
     min_channels: int = 1
     round_to: int = 1  # round kept MLP channels per layer to a multiple
-    compensation: Literal["dense", "sequential", "none"] = "dense"
+    # statistics re-collected through the already pruned layers (held-out best), or from the dense pass
+    compensation: Literal["dense", "sequential", "none"] = "sequential"
     damp: float = 0.1  # chosen on held-out PTB validation (docs/ablations.md); 0.01 = SparseGPT convention
     lam: float | None = None  # None: hard-constraint limit
     iters: int = 1
@@ -53,7 +55,8 @@ class PruneConfig:
             raise NumpruneError("min_heads and min_channels must be >= 0 and round_to >= 1")
         if self.calibration_mode == "streaming" and self.compensation == "sequential":
             raise NumpruneError(
-                "sequential compensation re-propagates layer by layer: use calibration_mode='layerwise'"
+                "sequential compensation re-propagates layer by layer: with calibration_mode='streaming' set "
+                "compensation='dense' (or 'none')"
             )
         if self.calibration_batch < 1:
             raise NumpruneError(f"calibration_batch must be >= 1, got {self.calibration_batch}")

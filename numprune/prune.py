@@ -121,8 +121,8 @@ def plan_pruning(
 
     units = [attention_units(s.heads, g, cfg.gqa) for s, g in zip(scores, geos)]
     layer_units = [
-        LayerUnits(attn_scores=u, attn_cost=cost, mlp_scores=s.channels, mlp_cost=3 * g.hidden)
-        for (u, cost), s, g in zip(units, scores, geos)
+        LayerUnits(attn_scores=u, attn_cost=cost, mlp_scores=s.channels, mlp_cost=3 * g.hidden, fixed=fixed)
+        for (u, cost, fixed), s, g in zip(units, scores, geos)
     ]
     allocation = cfg.allocation or meth.default_allocation
     layer_ratios = meth.layer_ratios(cfg.ratio, len(geos)) if hasattr(meth, "layer_ratios") else None
@@ -143,7 +143,7 @@ def plan_pruning(
         raise NumpruneError(str(err)) from None
     _check_reached(sel, cfg, layer_units, allocation)
     plans = []
-    for s, g, (u, _), ka, km in zip(scores, geos, units, sel.kept_attn, sel.kept_mlp):
+    for s, g, (u, _, _), ka, km in zip(scores, geos, units, sel.kept_attn, sel.kept_mlp):
         q, kv = kept_heads(s.heads, g, cfg.gqa, ka, u.numel())
         plans.append(LayerPlan(heads=q.tolist(), kv_heads=kv.tolist(), channels=km.tolist()))
 
@@ -153,8 +153,8 @@ def plan_pruning(
         "units_ratio": sel.units_ratio,
         "attn_mlp_params_total": sel.params_total,
         "attn_mlp_params_removed": sel.params_removed,
-        "attn_units_total": sum(u.numel() for u, _ in units),
-        "attn_units_pruned": sum(u.numel() - k.numel() for (u, _), k in zip(units, sel.kept_attn)),
+        "attn_units_total": sum(u.numel() for u, _, _ in units),
+        "attn_units_pruned": sum(u.numel() - k.numel() for (u, _, _), k in zip(units, sel.kept_attn)),
         "heads_total": sum(g.num_heads for g in geos),
         "heads_pruned": sum(g.num_heads - len(p.heads) for g, p in zip(geos, plans)),
         "kv_heads_pruned": sum(g.num_kv_heads - len(p.kv_heads) for g, p in zip(geos, plans)),

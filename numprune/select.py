@@ -29,10 +29,12 @@ class LayerUnits:
     attn_cost: int  # parameters removed with one attention unit
     mlp_scores: Tensor  # [n_channels]
     mlp_cost: int  # parameters removed with one MLP channel
+    fixed: int = 0  # attention+MLP parameters no unit can remove (KV heads and one query head per group in
+    # query mode): part of the total the ratio is a fraction of
 
     @property
     def params(self) -> int:
-        return self.attn_scores.numel() * self.attn_cost + self.mlp_scores.numel() * self.mlp_cost
+        return self.attn_scores.numel() * self.attn_cost + self.mlp_scores.numel() * self.mlp_cost + self.fixed
 
 
 @dataclass(frozen=True)
@@ -193,8 +195,9 @@ def gqa_mode(gqa: str, geo: LayerGeometry) -> str:
     return "groups" if geo.group_size <= 1 else gqa
 
 
-def attention_units(heads: Tensor, geo: LayerGeometry, gqa: str) -> tuple[Tensor, int]:
-    """Attention units of one layer from its head scores, and the parameters one unit removes.
+def attention_units(heads: Tensor, geo: LayerGeometry, gqa: str) -> tuple[Tensor, int, int]:
+    """Attention units of one layer from its head scores, the parameters one unit removes, and the attention
+    parameters that no unit removes.
 
     ``groups``: one unit per KV group (mean of its query heads), costing ``D_h * hidden * (2G + 2)``.
     ``query``: unit ``k`` removes the k-th lowest query head of every group (score: their mean), costing
@@ -203,9 +206,11 @@ def attention_units(heads: Tensor, geo: LayerGeometry, gqa: str) -> tuple[Tensor
     g = geo.group_size
     per_group = heads.reshape(geo.num_kv_heads, g)
     if gqa_mode(gqa, geo) == "groups":
-        return per_group.mean(dim=1), geo.head_dim * geo.hidden * (2 * g + 2)
+        return per_group.mean(dim=1), geo.head_dim * geo.hidden * (2 * g + 2), 0
     slices = per_group.sort(dim=1).values.mean(dim=0)[: g - 1]  # at least one query head per group stays
-    return slices, geo.num_kv_heads * geo.head_dim * geo.hidden * 2
+    cost = geo.num_kv_heads * geo.head_dim * geo.hidden * 2
+    total = geo.head_dim * geo.hidden * (2 * geo.num_heads + 2 * geo.num_kv_heads)
+    return slices, cost, total - (g - 1) * cost
 
 
 def kept_heads(heads: Tensor, geo: LayerGeometry, gqa: str, kept_units: Tensor, n_units: int) -> tuple[Tensor, Tensor]:
