@@ -21,6 +21,9 @@ from numprune.grid import Point, run_point
 from numprune.results import append_rows, has_row, read_rows
 
 RATIOS = (0.2, 0.4)
+# One-factor ablations start from the paper's reading (whole KV groups, compensation from the dense pass) with
+# the chosen damping; the "defaults" ablation then combines the winners (numprune's defaults).
+BASE = {"damp": 0.1, "gqa": "groups", "compensation": "dense"}
 EVALS = ("ptb:validation", "wikitext2")
 
 # name -> list of (label, options, nsamples); the first entry of each is the PruneConfig default (shared rows).
@@ -48,21 +51,17 @@ ABLATIONS: dict[str, list[tuple[str, dict, int]]] = {
 
 
 def _reuse_default(name: str, ratio: float, label: str, options: dict, base: dict) -> None:
-    """The first entry of an ablation is the default configuration, identical to one ``damp`` row (the base
-    damp): copy those rows (relabelled) instead of recomputing the same pruned model (3+ CPU minutes)."""
-    if name == "damp" or set(options) - {"head_scaling", "compensation", "gqa", "allocation", "ratio_of"}:
+    """The first entry of an ablation is the base configuration, identical to one ``damp`` row: copy those rows
+    (relabelled) instead of recomputing the same pruned model."""
+    if name == "damp" or {**base, **options} != base:
         return
-    defaults = {"head_scaling": "alpha", "compensation": "dense", "gqa": "groups", "allocation": "global"}
-    if any(defaults.get(k, "params") != v for k, v in options.items()):
-        return
-    damp = base.get("damp", PruneConfig.__dataclass_fields__["damp"].default)  # the default the other rows use
     src = [
         r
         for r in read_rows("results/ablation_damp.csv")
-        if float(r["ratio"]) == ratio and json.loads(r["options"]) == {"damp": damp}
+        if float(r["ratio"]) == ratio and json.loads(r["options"]) == base
     ]
     dst = f"results/ablation_{name}.csv"
-    opts = json.dumps({**base, **options}, sort_keys=True)
+    opts = json.dumps(base, sort_keys=True)
     rows = [{**r, "experiment": f"ablation-{name}", "method": f"numerical[{label}]", "options": opts} for r in src]
     rows = [r for r in rows if not has_row(dst, r)]
     if rows:
@@ -75,10 +74,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="+", default=list(ABLATIONS))
     parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
-    parser.add_argument("--base", default="{}", help="JSON options added to every point (e.g. a new default)")
+    parser.add_argument("--base", default=json.dumps(BASE), help="JSON options every point starts from")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = json.loads(args.base)
+    if "damp" not in base:
+        base["damp"] = PruneConfig.__dataclass_fields__["damp"].default
     for name in args.only:
         for ratio in args.ratios:
             for label, options, nsamples in ABLATIONS[name]:
