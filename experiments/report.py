@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-ORDER = ["numerical", "flap", "slimgpt", "wanda-sp", "llm-pruner", "magnitude", "random"]
+ORDER = ["numerical+", "numerical", "flap", "slimgpt", "wanda-sp", "llm-pruner", "magnitude", "random"]
 
 
 def _ppl(df: pd.DataFrame) -> pd.DataFrame:
@@ -34,10 +34,11 @@ def quality(path: str = "results/quality_smollm2.csv") -> str:
         t.columns = [f"{round(c * 100)}%" for c in t.columns]
         out.append(f"\n**{ev}** perplexity (dense {dense.get(ev, float('nan')):.2f})\n")
         out.append(t.round(2).to_markdown())
-        if {"numerical", "flap"} <= set(t.index):
-            out.append("\nratio perplexity(numerical) / perplexity(FLAP): ")
-            out.append(", ".join(f"{c} {t.loc['numerical', c] / t.loc['flap', c]:.3f}" for c in t.columns))
-            out.append("\n")
+        for ours in ("numerical", "numerical+"):
+            if {ours, "flap"} <= set(t.index):
+                out.append(f"\nratio perplexity({ours}) / perplexity(FLAP): ")
+                out.append(", ".join(f"{c} {t.loc[ours, c] / t.loc['flap', c]:.3f}" for c in t.columns))
+                out.append("\n")
     ach = df[df.metric == "ppl"].groupby(["method", "ratio"]).ratio_achieved.first().unstack()
     out.append("\nAchieved parameter ratio (attention + MLP weights)\n")
     out.append(ach.round(4).to_markdown())
