@@ -52,3 +52,21 @@ def test_speed_config_on_cpu(tiny, tmp_path):
     tps = [float(r["value"]) for r in rows if r["metric"] == "decode_tokens_per_s"]
     assert len(tps) == 2 and all(v > 0 for v in tps)
     assert Path(results).exists()
+
+
+def test_mmlu_gsm8k_config_with_lm_eval(tiny, task_dir, tmp_path):  # noqa: F811
+    """MMLU through the config (GSM8K generates 256 tokens, beyond the tiny model's 128 positions; its scoring
+    is covered by tests/test_zeroshot.py)."""
+    results = tmp_path / "m.csv"
+    args = ["run", str(CONFIGS / "table8_mmlu_gsm8k.yaml"), *tiny_args(tiny, results, ratios="[0.3]", evals=False)]
+    ev = [
+        {
+            "name": "mmlu_gsm8k",
+            "function": "numprune.eval.zeroshot.evaluate_zeroshot",
+            "args": {"tasks": ["mmlu"], "num_fewshot": {"mmlu": 5}, "data_dir": str(task_dir)},
+        }
+    ]
+    assert main([*args, f"--evaluate={json.dumps(ev)}"]) == 0
+    rows = {r["eval_dataset"]: r for r in read_rows(results) if r["eval_dataset"].startswith("mmlu_gsm8k:")}
+    assert set(rows) == {"mmlu_gsm8k:mmlu"} and rows["mmlu_gsm8k:mmlu"]["metric"] == "acc"
+    assert all(json.loads(r["options"]).get("num_fewshot") == 5 for r in rows.values())  # shots recorded

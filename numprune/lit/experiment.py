@@ -130,6 +130,9 @@ def resolve_function(path: str):
         raise NumpruneError(f"evaluator {path} is not available ({err}); is its branch merged?") from None
 
 
+_ROW_KEYS = {"task", "name", "metric", "value", "source", "metrics", "stderr"}
+
+
 def run_evaluator(ev: Evaluator, model, tokenizer) -> list[dict[str, Any]]:
     """Call an evaluator and turn its result into ``eval_dataset``/``metric``/``value`` row parts."""
     fn = resolve_function(ev.function)
@@ -143,7 +146,17 @@ def run_evaluator(ev: Evaluator, model, tokenizer) -> list[dict[str, Any]]:
         d = dataclasses.asdict(item) if dataclasses.is_dataclass(item) else dict(item)
         if "value" in d:
             task = d.get("task") or d.get("name") or ev.name
-            rows.append({"eval_dataset": f"{ev.name}:{task}", "metric": d.get("metric", "value"), "value": d["value"]})
+            # how the number was made (shots, task version, documents, filter): into the row's options
+            details = {k: v for k, v in d.items() if k not in _ROW_KEYS and isinstance(v, (int, float, str))}
+            rows.append(
+                {
+                    "eval_dataset": f"{ev.name}:{task}",
+                    "metric": d.get("metric", "value"),
+                    "value": d["value"],
+                    "eval_source": d.get("source", ""),
+                    "details": details,
+                }
+            )
             continue
         for key, value in d.items():  # a record of measurements (e.g. speed): one row per number
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -188,7 +201,11 @@ def result_rows(point: Point, module, metrics: dict[str, Any], data, extra: list
                 "value": float(metrics[f"val/ppl/{name}"]),
             }
         )
-    rows += [{**base, **r} for r in extra]
+    for r in extra:
+        r = dict(r)
+        details = r.pop("details", {})
+        opts = json.loads(base["options"]) if isinstance(base["options"], str) else dict(base["options"])
+        rows.append({**base, **r, "options": json.dumps({**opts, **details}, sort_keys=True)})
     if plan is not None:
         for metric in ("prune_seconds", "peak_rss_gib", "peak_device_gib"):
             if metric in plan.timing:
