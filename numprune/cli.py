@@ -6,7 +6,6 @@ Bad input ends with one line ``numprune: error: ...`` and exit status 2; nothing
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -69,17 +68,15 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prune(args: argparse.Namespace) -> None:
+    from numprune.config import make_config
     from numprune.data import calibration_windows, load_corpus
     from numprune.hub import load_model
-    from numprune.prune import PruneConfig, prune_
+    from numprune.methods import get_method
+    from numprune.prune import prune_
     from numprune.save import check_output_dir, save_pruned
 
     options = dict(args.option)
-    known = {f.name for f in dataclasses.fields(PruneConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise NumpruneError(f"unknown --option {', '.join(unknown)}; fields: {', '.join(sorted(known))}")
-    PruneConfig(ratio=args.ratio, method=args.method, **options)  # validate before any heavy work
+    get_method(args.method).check(make_config(args.ratio, args.method, **options))  # before any heavy work
     check_output_dir(args.out, args.overwrite)
     corpus = load_corpus(args.calib, args.data_dir, default_split="train")
     model, tok = load_model(args.model, dtype=_dtype(args.dtype))

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from numprune.errors import NumpruneError
+
+Allocation = Literal["global", "uniform"]
+HeadScaling = Literal["alpha", "none"]
+
+# The one table of weight dtypes a user can name (CLI, configs, LightningModules).
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+
+
+def parse_dtype(name: str):
+    """``fp32`` / ``fp16`` / ``bf16`` -> the torch dtype; a clear error for anything else."""
+    import torch
+
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise NumpruneError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {name!r}")
+    return table[name]
 
 
 @dataclass(frozen=True)
@@ -15,8 +34,8 @@ class PruneConfig:
     ratio: float
     method: str = "numerical"
     ratio_of: Literal["params", "units"] = "params"
-    allocation: Literal["global", "uniform"] | None = None  # None: the method's default
-    head_scaling: Literal["alpha", "none"] | None = None  # None: the method's default
+    allocation: Allocation | None = None  # None: the method's default
+    head_scaling: HeadScaling | None = None  # None: the method's default
     # GQA: prune query heads within KV groups (held-out best, docs/ablations.md), or whole KV groups ("groups")
     gqa: Literal["groups", "query"] = "query"
     min_heads: int = 1  # per layer: KV groups kept (gqa="groups"), or query heads kept per group ("query")
@@ -38,6 +57,7 @@ class PruneConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if not 0.0 <= self.ratio < 1.0:
             raise NumpruneError(f"ratio must be in [0, 1), got {self.ratio}")
         choices = {
@@ -62,3 +82,61 @@ class PruneConfig:
             raise NumpruneError(f"calibration_batch must be >= 1, got {self.calibration_batch}")
         if self.damp < 0 or self.iters < 1 or (self.lam is not None and self.lam <= 0):
             raise NumpruneError("damp must be >= 0, iters >= 1 and lam > 0 (or None)")
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` fits a field annotation (the few forms PruneConfig uses)."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return True  # checked against the allowed values, with a better message, in __post_init__
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _check_types(cfg: PruneConfig) -> None:
+    hints = typing.get_type_hints(PruneConfig)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _accepts(hints[f.name], value):
+            raise NumpruneError(f"{f.name} must be {_describe(hints[f.name])}, got {value!r}")
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(annotation))
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+def make_config(ratio: float, method: str = "numerical", **options: Any) -> PruneConfig:
+    """``PruneConfig`` from user input: unknown option names and wrong types end in one ``NumpruneError``."""
+    known = {f.name for f in dataclasses.fields(PruneConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise NumpruneError(f"unknown option {', '.join(unknown)}; PruneConfig fields: {', '.join(sorted(known))}")
+    return PruneConfig(ratio=ratio, method=method, **options)
+
+
+# Fields that do not change what a run computes (how it reports progress): left out of result rows' options.
+NOT_RECORDED = ("ratio", "method", "progress")
+
+
+def effective_options(ratio: float, method: str = "numerical", **options: Any) -> dict[str, Any]:
+    """Every ``PruneConfig`` field of a run after the method's defaults are filled in: what a result row
+    records, so that no row depends on the defaults of the day it was written."""
+    from numprune.methods import get_method
+
+    cfg = make_config(ratio, method, **options)
+    meth = get_method(method)
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RECORDED}
+    out["allocation"] = cfg.allocation or meth.default_allocation
+    out["head_scaling"] = cfg.head_scaling or meth.default_head_scaling
+    return out

@@ -3,6 +3,9 @@ repair + surgery pass (from cached dense statistics, a dense re-pass, or sequent
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -42,7 +45,7 @@ def score_pass(
         return scores, dense_stats if cfg.compensation == "dense" else None
     runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
     scores: list[LayerScores] = []
-    stats_bytes = sum(8 * (g.num_heads * g.head_dim) ** 2 + 8 * g.intermediate**2 for g in geos)
+    stats_bytes = sum(8 * g.gram_elements for g in geos)
     keep_stats = cfg.compensation == "dense" and stats_bytes <= cfg.stats_cache_gib * 2**30
     cache: list[dict[str, InputStats]] | None = [] if keep_stats else None
 
@@ -111,6 +114,88 @@ def dense_statistics(
     return out
 
 
+def cut_layer_(
+    adapter: Adapter,
+    meth: Method,
+    cfg: PruneConfig,
+    layer: nn.Module,
+    geo: LayerGeometry,
+    plan: LayerPlan,
+    stats: dict[str, InputStats],
+    parts: tuple[str, ...],
+    output_bias: bool,
+) -> None:
+    """The method's repair of one layer's output projections (from ``stats``, when it reads them) and the
+    surgery of the named ``parts`` (``attn``, ``mlp``)."""
+    o_proj, down_proj = adapter.out_projections(layer)
+    use = meth.needs_stats(cfg)
+    if "attn" in parts:
+        heads = torch.tensor(plan.heads, dtype=torch.long)
+        cols = head_columns(geo, heads)
+        st = _on(stats.get("o_proj"), o_proj.weight) if use else None
+        w, b = meth.repair(st, o_proj.weight, cols.to(o_proj.weight.device), cfg)
+        kv = torch.tensor(plan.kv_heads, dtype=torch.long)
+        prune_attention_(adapter, layer, geo, heads, kv, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
+    if "mlp" in parts:
+        ch = torch.tensor(plan.channels, dtype=torch.long)
+        st = _on(stats.get("down_proj"), down_proj.weight) if use else None
+        w, b = meth.repair(st, down_proj.weight, ch.to(down_proj.weight.device), cfg)
+        prune_mlp_(adapter, layer, ch, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
+
+
+def sequential_repair_(
+    runner: LayerwiseRunner,
+    adapter: Adapter,
+    meth: Method,
+    cfg: PruneConfig,
+    i: int,
+    layer: nn.Module,
+    geo: LayerGeometry,
+    plan: LayerPlan,
+    output_bias: bool,
+    first: dict[str, InputStats] | None = None,
+) -> None:
+    """Repair and cut one layer on the inputs that reach it through the already pruned layers: ``o_proj``
+    from the layer as it is (``first``: statistics already collected on it), then ``down_proj`` through this
+    layer's pruned attention."""
+    if first is None:
+        first = runner.collect(layer, i, names=("o_proj",))[0] if meth.needs_stats(cfg) else {}
+    cut_layer_(adapter, meth, cfg, layer, geo, plan, first, ("attn",), output_bias)
+    second = runner.collect(layer, i, names=("down_proj",))[0] if meth.needs_stats(cfg) else {}
+    cut_layer_(adapter, meth, cfg, layer, geo, plan, second, ("mlp",), output_bias)
+
+
+def sequential_score_pass(
+    model: nn.Module,
+    adapter: Adapter,
+    meth: Method,
+    cfg: PruneConfig,
+    calibration: Tensor,
+    device: torch.device,
+    geos: list[LayerGeometry],
+    plan_layer: Callable[[int, LayerScores], LayerPlan],
+    output_bias: bool,
+    reduce: Reduce | None = None,
+) -> list[LayerScores]:
+    """Scores of per-layer methods (``scoring == "sequential"``): each layer is scored on the inputs that
+    reach it through the already pruned earlier layers. The model is not modified: each layer is pruned in a
+    copy (``plan_layer`` turns its scores into its kept units), which feeds the next layer."""
+    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
+    scores: list[LayerScores] = []
+
+    def visit(i: int, layer: nn.Module) -> list[Tensor]:
+        work = copy.deepcopy(layer)
+        stats, _ = runner.collect(work, i)
+        o_proj, down_proj = adapter.out_projections(work)
+        scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
+        plan = plan_layer(i, scores[-1])
+        sequential_repair_(runner, adapter, meth, cfg, i, work, geos[i], plan, output_bias, first=stats)
+        return runner.forward(work)
+
+    runner.walk(visit, desc=f"{meth.name}: sequential calibrate + score")
+    return scores
+
+
 def apply_pass(
     model: nn.Module,
     adapter: Adapter,
@@ -127,48 +212,23 @@ def apply_pass(
     """Repair and cut every layer: from cached dense statistics, from a dense re-pass, or sequentially."""
     layers = adapter.layers(model)
 
-    def cut(i: int, layer: nn.Module, stats: dict[str, InputStats | None], parts: tuple[str, ...]) -> None:
-        p, g = plans[i], geos[i]
-        o_proj, down_proj = adapter.out_projections(layer)
-        if "attn" in parts:
-            heads = torch.tensor(p.heads, dtype=torch.long)
-            cols = head_columns(g, heads)
-            w, b = meth.repair(
-                _on(stats.get("o_proj"), o_proj.weight), o_proj.weight, cols.to(o_proj.weight.device), cfg
-            )
-            prune_attention_(
-                adapter,
-                layer,
-                g,
-                heads,
-                torch.tensor(p.kv_heads, dtype=torch.long),
-                w,
-                b,
-                output_bias=output_bias,
-                mask_only=cfg.mask_only,
-            )
-        if "mlp" in parts:
-            ch = torch.tensor(p.channels, dtype=torch.long)
-            w, b = meth.repair(
-                _on(stats.get("down_proj"), down_proj.weight), down_proj.weight, ch.to(down_proj.weight.device), cfg
-            )
-            prune_mlp_(adapter, layer, ch, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
+    def cut(i: int, layer: nn.Module, stats: dict[str, InputStats], parts: tuple[str, ...]) -> None:
+        cut_layer_(adapter, meth, cfg, layer, geos[i], plans[i], stats, parts, output_bias)
 
     # Methods whose repair is a plain slice (Wanda-sp, magnitude, LLM-Pruner) need no statistics at all.
-    needs_stats = (cfg.compensation != "none" and getattr(meth, "repair_uses_stats", True)) or meth.adds_bias
+    needs_stats = meth.needs_stats(cfg)
     if not needs_stats or cache is not None:
         for i, layer in enumerate(layers):
             cut(i, layer, cache[i] if (cache is not None and needs_stats) else {}, ("attn", "mlp"))
         return
+    if calibration is None:
+        raise NumpruneError(f"{meth.name} with compensation={cfg.compensation!r} needs calibration samples")
     runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
-    if cfg.compensation == "sequential":
+    if cfg.compensation == "sequential" or meth.scoring == "sequential":
 
         def visit(i: int, layer: nn.Module) -> None:
             # Inputs come through the already pruned layers; the MLP sees the pruned attention of this layer.
-            stats, _ = runner.collect(layer, i, names=("o_proj",))
-            cut(i, layer, stats, ("attn",))
-            stats, _ = runner.collect(layer, i, names=("down_proj",))
-            cut(i, layer, stats, ("mlp",))
+            sequential_repair_(runner, adapter, meth, cfg, i, layer, geos[i], plans[i], output_bias)
             return None  # propagate through the pruned layer
 
         runner.walk(visit, desc=f"{meth.name}: sequential repair")

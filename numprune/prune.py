@@ -14,12 +14,13 @@ import time
 import torch
 from torch import Tensor, nn
 
-from numprune.adapters import get_adapter
+from numprune.adapters import Adapter, get_adapter
+from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats, Reduce, check_calibration
-from numprune.config import PruneConfig
+from numprune.config import PruneConfig, effective_options, make_config
 from numprune.errors import NumpruneError
-from numprune.methods import get_method
-from numprune.passes import apply_pass, dense_statistics, score_pass, streaming_statistics
+from numprune.methods import LayerScores, Method, get_method
+from numprune.passes import apply_pass, dense_statistics, score_pass, sequential_score_pass, streaming_statistics
 from numprune.plan import LayerPlan, PruningPlan
 from numprune.select import LayerUnits, Selection, attention_units, gqa_mode, kept_heads, select_units
 
@@ -67,10 +68,7 @@ def prune_(
             calibration (grids share one pass across methods and ratios); replaces the dense pass.
         **options: any other ``PruneConfig`` field.
     """
-    try:
-        cfg = PruneConfig(ratio=ratio, method=method, **options)
-    except TypeError as err:
-        raise NumpruneError(str(err)) from None
+    cfg = make_config(ratio, method, **options)
     plan, stats = plan_pruning(model, calibration, cfg, calibration_info=calibration_info, dense_stats=dense_stats)
     apply_plan_(model, plan, calibration, cfg, stats=stats)
     return plan
@@ -95,6 +93,7 @@ def plan_pruning(
     """
     adapter = get_adapter(model)
     meth = get_method(cfg.method)
+    meth.check(cfg)
     calibration = check_calibration(calibration)
     device = _compute_device(model, cfg, reset_peak=True)
     start = time.perf_counter()
@@ -106,13 +105,23 @@ def plan_pruning(
         if geo.num_heads == 0 or geo.intermediate == 0:
             raise NumpruneError(f"layer {i} has no attention heads or no MLP channels left to score")
 
-    # Dense pass: statistics -> scores (the global ranking needs every layer's scores before any mask).
-    # A method that needs more than per-layer statistics (gradients: LLM-Pruner) scores the whole model.
+    # Scores: from the dense pass (the global ranking needs every layer's scores before any mask), through
+    # the already pruned layers (per-layer methods), or from the method's own pass (gradients, weights).
+    allocation = cfg.allocation or meth.default_allocation
+    layer_ratios = meth.layer_ratios(cfg.ratio, len(geos)) if allocation == "uniform" else None
+
+    def plan_layer(i: int, s: LayerScores) -> LayerPlan:  # per-layer selection of one layer (sequential)
+        ratios = None if layer_ratios is None else [layer_ratios[i]]
+        return _layer_plans([s], [geos[i]], _select([s], [geos[i]], cfg, allocation, ratios), cfg)[0]
+
     cache: list[dict[str, InputStats]] | None = None
-    if hasattr(meth, "score_model"):
+    if meth.scoring == "model":
         scores = meth.score_model(model, adapter, calibration, cfg)  # runs where the model is
         if len(scores) != len(geos):
             raise NumpruneError(f"{meth.name}.score_model returned {len(scores)} layers, expected {len(geos)}")
+    elif meth.scoring == "sequential":
+        bias = output_bias(model, adapter, meth, cfg)
+        scores = sequential_score_pass(model, adapter, meth, cfg, calibration, device, geos, plan_layer, bias, reduce)
     else:
         if dense_stats is None and cfg.calibration_mode == "streaming":
             dense_stats = streaming_statistics(model, calibration, cfg.calibration_batch, reduce, cfg.progress)
@@ -120,32 +129,9 @@ def plan_pruning(
     model.train(was_training)
 
     units = [attention_units(s.heads, g, cfg.gqa) for s, g in zip(scores, geos)]
-    layer_units = [
-        LayerUnits(attn_scores=u, attn_cost=cost, mlp_scores=s.channels, mlp_cost=3 * g.hidden, fixed=fixed)
-        for (u, cost, fixed), s, g in zip(units, scores, geos)
-    ]
-    allocation = cfg.allocation or meth.default_allocation
-    layer_ratios = meth.layer_ratios(cfg.ratio, len(geos)) if hasattr(meth, "layer_ratios") else None
-    try:
-        sel = select_units(
-            layer_units,
-            cfg.ratio,
-            ratio_of=cfg.ratio_of,
-            allocation=allocation,
-            head_scaling=cfg.head_scaling or getattr(meth, "default_head_scaling", "alpha"),
-            # query mode: every group keeps >= 1 query head by construction; min_heads counts heads per group
-            min_attn=cfg.min_heads if gqa_mode(cfg.gqa, geos[0]) == "groups" else max(cfg.min_heads - 1, 0),
-            min_mlp=cfg.min_channels,
-            round_to=cfg.round_to,
-            layer_ratios=layer_ratios if allocation == "uniform" else None,
-        )
-    except ValueError as err:
-        raise NumpruneError(str(err)) from None
-    _check_reached(sel, cfg, layer_units, allocation)
-    plans = []
-    for s, g, (u, _, _), ka, km in zip(scores, geos, units, sel.kept_attn, sel.kept_mlp):
-        q, kv = kept_heads(s.heads, g, cfg.gqa, ka, u.numel())
-        plans.append(LayerPlan(heads=q.tolist(), kv_heads=kv.tolist(), channels=km.tolist()))
+    sel = _select(scores, geos, cfg, allocation, layer_ratios)
+    _check_reached(sel, cfg, _layer_units(scores, geos, cfg), allocation)
+    plans = _layer_plans(scores, geos, sel, cfg)
 
     params_before = count_params(model)
     achieved = {
@@ -165,14 +151,10 @@ def plan_pruning(
     }
     plan = PruningPlan(
         layers=plans,
-        dense_shapes=[dataclasses.asdict(g) for g in geos],
+        dense_shapes=[g.shape for g in geos],
         method=cfg.method,
         ratio=cfg.ratio,
-        options={
-            **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ratio", "method", "progress")},
-            "allocation": allocation,  # the effective choices (None in the config = the method's default)
-            "head_scaling": cfg.head_scaling or getattr(meth, "default_head_scaling", "alpha"),
-        },
+        options=effective_options(cfg.ratio, cfg.method, **_given(cfg)),
         achieved=achieved,
         calibration={"nsamples": calibration.shape[0], "seqlen": calibration.shape[1], **(calibration_info or {})},
         model={
@@ -214,23 +196,79 @@ def apply_plan_(
     model.eval()
     layers = adapter.layers(model)
     geos = [adapter.geometry(layer) for layer in layers]
-    needs_stats = cfg.compensation != "none" or meth.adds_bias
-    if needs_stats and stats is None and calibration is None:
-        raise NumpruneError(f"compensation={cfg.compensation!r} needs calibration samples or the plan's statistics")
+    meth.check(cfg)
+    if meth.needs_stats(cfg) and stats is None and calibration is None:
+        raise NumpruneError(
+            f"{meth.name} with compensation={cfg.compensation!r} needs calibration samples or the plan's statistics"
+        )
     if calibration is not None:
         calibration = check_calibration(calibration)
-    output_bias = meth.adds_bias or any(
-        p is not None and p.bias is not None for layer in layers for p in adapter.out_projections(layer)
-    )
-    apply_pass(model, adapter, meth, cfg, calibration, device, geos, plan.layers, stats, output_bias, reduce)
+    bias = output_bias(model, adapter, meth, cfg)
+    apply_pass(model, adapter, meth, cfg, calibration, device, geos, plan.layers, stats, bias, reduce)
     if not cfg.mask_only:
-        adapter.finalize(model, [adapter.geometry(layer) for layer in layers], output_bias)
+        adapter.finalize(model, [adapter.geometry(layer) for layer in layers], bias)
         plan.achieved["model_params_after"] = count_params(model)
     model.train(was_training)
     plan.timing["apply_seconds"] = time.perf_counter() - start
     plan.timing["prune_seconds"] = plan.timing.get("score_seconds", 0.0) + plan.timing["apply_seconds"]
     plan.timing.update(_peak_memory(device))
     return plan
+
+
+def output_bias(model: nn.Module, adapter: Adapter, meth: Method, cfg: PruneConfig) -> bool:
+    """Whether the pruned model's output projections carry biases (the method adds them, or they had them)."""
+    projections = (p for layer in adapter.layers(model) for p in adapter.out_projections(layer))
+    return meth.adds_bias(cfg) or any(p is not None and p.bias is not None for p in projections)
+
+
+def _layer_plans(
+    scores: list[LayerScores], geos: list[LayerGeometry], sel: Selection, cfg: PruneConfig
+) -> list[LayerPlan]:
+    plans = []
+    for s, g, ka, km in zip(scores, geos, sel.kept_attn, sel.kept_mlp):
+        u = attention_units(s.heads, g, cfg.gqa)[0]
+        q, kv = kept_heads(s.heads, g, cfg.gqa, ka, u.numel())
+        plans.append(LayerPlan(heads=q.tolist(), kv_heads=kv.tolist(), channels=km.tolist()))
+    return plans
+
+
+def _layer_units(scores: list[LayerScores], geos: list[LayerGeometry], cfg: PruneConfig) -> list[LayerUnits]:
+    out = []
+    for s, g in zip(scores, geos):
+        u, cost, fixed = attention_units(s.heads, g, cfg.gqa)
+        out.append(
+            LayerUnits(attn_scores=u, attn_cost=cost, mlp_scores=s.channels, mlp_cost=g.channel_params, fixed=fixed)
+        )
+    return out
+
+
+def _select(
+    scores: list[LayerScores],
+    geos: list[LayerGeometry],
+    cfg: PruneConfig,
+    allocation: str,
+    layer_ratios: list[float] | None,
+) -> Selection:
+    """Eq. 8 (global) or per-layer selection over the layers scored so far."""
+    try:
+        return select_units(
+            _layer_units(scores, geos, cfg),
+            cfg.ratio,
+            ratio_of=cfg.ratio_of,
+            allocation=allocation,  # type: ignore[arg-type]
+            head_scaling=cfg.head_scaling or get_method(cfg.method).default_head_scaling,
+            # query mode: every group keeps >= 1 query head by construction; min_heads counts heads per group
+            min_attn=cfg.min_heads if gqa_mode(cfg.gqa, geos[0]) == "groups" else max(cfg.min_heads - 1, 0),
+            min_mlp=cfg.min_channels,
+            round_to=cfg.round_to,
+            layer_ratios=None if layer_ratios is None else layer_ratios[: len(scores)],
+        )
+    except ValueError as err:
+        raise NumpruneError(str(err)) from None
+
+
+def _given(cfg: PruneConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ratio", "method")}
 
 
 def config_of(plan: PruningPlan) -> PruneConfig:
@@ -254,7 +292,7 @@ def model_fingerprint(model: nn.Module) -> str:
 def check_plan_matches(model: nn.Module, plan: PruningPlan) -> None:
     """Refuse a plan that was made for another model: layer count, dense shapes, weight fingerprint."""
     adapter = get_adapter(model)
-    shapes = [dataclasses.asdict(adapter.geometry(layer)) for layer in adapter.layers(model)]
+    shapes = [adapter.geometry(layer).shape for layer in adapter.layers(model)]
     name = plan.model.get("name_or_path") or "another model"
     if len(shapes) != plan.num_layers or shapes != plan.dense_shapes:
         diff = next((i for i, (a, b) in enumerate(zip(shapes, plan.dense_shapes)) if a != b), None)

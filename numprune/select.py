@@ -199,18 +199,17 @@ def attention_units(heads: Tensor, geo: LayerGeometry, gqa: str) -> tuple[Tensor
     """Attention units of one layer from its head scores, the parameters one unit removes, and the attention
     parameters that no unit removes.
 
-    ``groups``: one unit per KV group (mean of its query heads), costing ``D_h * hidden * (2G + 2)``.
+    ``groups``: one unit per KV group (mean of its query heads), costing ``D_h * hidden * (2G + 2)`` (no biases).
     ``query``: unit ``k`` removes the k-th lowest query head of every group (score: their mean), costing
     ``KV * D_h * hidden * 2``; the slices are ascending, so any global order prunes them in order.
     """
     g = geo.group_size
     per_group = heads.reshape(geo.num_kv_heads, g)
     if gqa_mode(gqa, geo) == "groups":
-        return per_group.mean(dim=1), geo.head_dim * geo.hidden * (2 * g + 2), 0
+        return per_group.mean(dim=1), g * geo.query_head_params + geo.kv_head_params, 0
     slices = per_group.sort(dim=1).values.mean(dim=0)[: g - 1]  # at least one query head per group stays
-    cost = geo.num_kv_heads * geo.head_dim * geo.hidden * 2
-    total = geo.head_dim * geo.hidden * (2 * geo.num_heads + 2 * geo.num_kv_heads)
-    return slices, cost, total - (g - 1) * cost
+    cost = geo.num_kv_heads * geo.query_head_params
+    return slices, cost, geo.attention_params - (g - 1) * cost
 
 
 def kept_heads(heads: Tensor, geo: LayerGeometry, gqa: str, kept_units: Tensor, n_units: int) -> tuple[Tensor, Tensor]:

@@ -70,7 +70,9 @@ def test_prune_then_eval(model_dir, tmp_path, capsys):
     ("extra", "message"),
     [
         (["--ratio", "1.2"], "ratio must be in [0, 1)"),
-        (["--ratio", "0.3", "--option", "bogus=1"], "unknown --option bogus"),
+        (["--ratio", "0.3", "--option", "bogus=1"], "unknown option bogus"),
+        (["--ratio", "0.3", "--option", "lam=abc"], "lam must be float or None, got 'abc'"),
+        (["--ratio", "0.3", "--option", "min_heads=1.5"], "min_heads must be int, got 1.5"),
         (["--ratio", "0.3", "--nsamples", "2", "--seqlen", "100000"], "too short"),
         (["--ratio", "0.3", "--calib", "nonexistent-corpus"], "unknown dataset"),
         (["--ratio", "0.3", "--option", "compensation=maybe"], "compensation must be one of"),

@@ -13,7 +13,7 @@ import torch
 from numprune import NumpruneError, prune_
 from numprune.adapters import get_adapter
 from numprune.llamagen import calibration_tokens, filter_logits, generate_images, generate_tokens
-from numprune.methods import METHODS
+from numprune.methods import METHODS, Method
 from numprune.models.llamagen import LlamaGen, LlamaGenConfig, build_llamagen, llamagen_config
 from numprune.models.llamagen_io import load_llamagen, load_official_gpt, official_state_dict, save_llamagen
 from numprune.models.rope import apply_rope_2d, rope_2d_table
@@ -253,12 +253,12 @@ def test_pruned_model_saves_and_reloads_identically(tmp_path):
         save_llamagen(physical, tmp_path / "pruned")
 
 
-class _BiasMethod:
+class _BiasMethod(Method):
     """A stand-in for bias-compensating methods (FLAP): magnitude scores, mean-shift bias on the outputs."""
 
     name = "test-bias"
     default_allocation = "uniform"
-    adds_bias = True
+    repair_kind = "bias"
 
     def score(self, stats, o_weight, down_weight, geo, cfg):
         from numprune.methods import LayerScores

@@ -198,3 +198,50 @@ def test_query_mode_prunes_whole_heads_of_multi_head_layers(calib):
         for mode in ("groups", "query")
     ]
     assert plans[0].layers == plans[1].layers and plans[1].achieved["heads_pruned"] > 0
+
+
+class _SequentialWanda(numprune.methods.simple.WandaSP):
+    """Wanda-sp scored through the already pruned layers (the pipeline's sequential scoring path)."""
+
+    name = "test-sequential"
+    scoring = "sequential"
+
+
+def test_sequential_scoring_sees_the_pruned_earlier_layers(calib, monkeypatch):
+    """Oracle: layer 2's kept channels in the sequential pass are Wanda-sp's best channels of the dense layer 2
+    scored on the inputs that come through the pruned layers 0 and 1; the dense pass picks others."""
+    from numprune.adapters import get_adapter
+    from numprune.calibrate import LayerwiseRunner
+    from numprune.methods import METHODS
+
+    monkeypatch.setitem(METHODS, "test-sequential", _SequentialWanda)
+    dense = tiny_model("llama", 2, layers=3)
+    model = copy.deepcopy(dense)
+    plan = prune_(model, calibration=calib, ratio=0.4, method="test-sequential", progress=False)
+    plan_dense = prune_(copy.deepcopy(dense), calibration=calib, ratio=0.4, method="wanda-sp", progress=False)
+    assert plan.layers[0] == plan_dense.layers[0]  # layer 0 sees the embeddings either way
+    assert [lp.channels for lp in plan.layers[1:]] != [lp.channels for lp in plan_dense.layers[1:]]
+
+    adapter = get_adapter(model)
+    runner = LayerwiseRunner(model, adapter, calib, torch.device("cpu"), progress=False)
+    for layer in model.model.layers[:2]:  # the pruned layers 0 and 1
+        runner.hidden = runner.forward(layer)
+    layer = dense.model.layers[2]
+    stats, _ = runner.collect(layer, 2)
+    geo = adapter.geometry(layer)
+    scores = _SequentialWanda().score(stats, layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight, geo, None)
+    n_kept = len(plan.layers[2].channels)
+    kept = scores.channels.argsort(descending=True, stable=True)[:n_kept].sort().values
+    assert kept.tolist() == plan.layers[2].channels
+
+
+def test_every_registered_method_keeps_the_contract():
+    """Each registered method is a Method; it overrides the scoring entry its ``scoring`` names."""
+    from numprune.methods import METHODS, Method, get_method
+
+    for name in METHODS:
+        meth = get_method(name)
+        assert isinstance(meth, Method) and meth.name == name
+        entry = "score_model" if meth.scoring == "model" else "score"
+        assert getattr(type(meth), entry) is not getattr(Method, entry), (name, entry)
+        assert meth.repair_kind in ("refit", "bias", "slice")

@@ -12,20 +12,69 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+SHAPE_FIELDS = ("hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate")
+
 
 @dataclass(frozen=True)
 class LayerGeometry:
-    """Shapes of one decoder layer as it is now."""
+    """Shapes of one decoder layer as it is now, and what its parts cost: the one place where parameter,
+    KV-cache and attention-FLOP counts are derived (the adapter fills in the layout facts)."""
 
     hidden: int
     num_heads: int
     num_kv_heads: int
     head_dim: int
     intermediate: int
+    qkv_bias: bool = False  # q/k/v projections carry biases (Qwen2): a head's rows take their bias entries
+    mlp_matrices: int = 3  # gated MLP: gate, up, down (one row/column of each per channel)
 
     @property
     def group_size(self) -> int:
         return self.num_heads // self.num_kv_heads if self.num_kv_heads else 0
+
+    @property
+    def shape(self) -> dict[str, int]:
+        """The shape fields only (what a plan records and checks)."""
+        return {k: getattr(self, k) for k in SHAPE_FIELDS}
+
+    @property
+    def query_head_params(self) -> int:
+        """Parameters of one query head: its ``q_proj`` rows (and bias) and its ``o_proj`` columns."""
+        return 2 * self.head_dim * self.hidden + (self.head_dim if self.qkv_bias else 0)
+
+    @property
+    def kv_head_params(self) -> int:
+        """Parameters of one KV head: its ``k_proj`` and ``v_proj`` rows (and biases)."""
+        return 2 * self.head_dim * self.hidden + (2 * self.head_dim if self.qkv_bias else 0)
+
+    @property
+    def channel_params(self) -> int:
+        """Parameters of one MLP channel: one row of gate/up, one column of down."""
+        return self.mlp_matrices * self.hidden
+
+    @property
+    def attention_params(self) -> int:
+        return self.num_heads * self.query_head_params + self.num_kv_heads * self.kv_head_params
+
+    @property
+    def mlp_params(self) -> int:
+        return self.intermediate * self.channel_params
+
+    @property
+    def kv_cache_per_token(self) -> int:
+        """Elements of K and V cached per token (times the dtype's bytes: KV-cache bytes per token)."""
+        return 2 * self.num_kv_heads * self.head_dim
+
+    def attention_flops_per_token(self, context: int) -> int:
+        """Multiply-adds x 2 of one decode step's attention at ``context`` cached tokens: projections plus
+        ``q k^T`` and ``p v`` over the context."""
+        proj = 2 * (self.num_heads * self.query_head_params + self.num_kv_heads * self.kv_head_params)
+        return proj + 2 * 2 * self.num_heads * self.head_dim * context
+
+    @property
+    def gram_elements(self) -> int:
+        """Elements of the two Gram matrices of the layer's output projections (o_proj, down_proj inputs)."""
+        return (self.num_heads * self.head_dim) ** 2 + self.intermediate**2
 
 
 class Adapter(Protocol):

@@ -30,10 +30,13 @@ class HFLlamaAdapter:
         if hasattr(attn, "q_proj"):
             hd = attn.head_dim
             heads, kv = attn.q_proj.out_features // hd, attn.k_proj.out_features // hd
+            bias = attn.q_proj.bias is not None
         else:  # fully pruned block
-            hd, heads, kv = 0, 0, 0
+            hd, heads, kv, bias = 0, 0, 0, False
         inter = mlp.down_proj.in_features if hasattr(mlp, "down_proj") else 0
-        return LayerGeometry(hidden=hidden, num_heads=heads, num_kv_heads=kv, head_dim=hd, intermediate=inter)
+        return LayerGeometry(
+            hidden=hidden, num_heads=heads, num_kv_heads=kv, head_dim=hd, intermediate=inter, qkv_bias=bias
+        )
 
     def out_projections(self, layer: nn.Module) -> tuple[nn.Linear | None, nn.Linear | None]:
         return getattr(layer.self_attn, "o_proj", None), getattr(layer.mlp, "down_proj", None)

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from numprune.errors import NumpruneError
 from numprune.plan import PruningPlan
-from numprune.prune import PruneConfig, Reduce, apply_plan_, plan_pruning
+from numprune.methods import get_method
+from numprune.prune import PruneConfig, Reduce, apply_plan_, config_of, plan_pruning
 
 log = logging.getLogger("numprune")
 
@@ -85,9 +86,7 @@ class ScoringCallback(L.Callback):
             self.cfg = PruneConfig(ratio=ratio, method=method, **options)
         except TypeError as err:
             raise NumpruneError(f"ScoringCallback: {err}") from None
-        from numprune.methods import get_method
-
-        get_method(method)  # unknown method: fail now, not after loading a model
+        get_method(method).check(self.cfg)  # unknown method or impossible options: fail now, not after loading
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if _skip(trainer) or getattr(pl_module, "plan", None) is not None:
@@ -131,7 +130,7 @@ class CompensationCallback(L.Callback):
                 "(numprune.lit.pruning_callbacks returns the pair in order) or set module.plan = PruningPlan.load(...)"
             )
         stats = getattr(pl_module, "pruning_stats", None)
-        needs_calibration = stats is None and plan.options.get("compensation", "dense") != "none"
+        needs_calibration = stats is None and get_method(plan.method).needs_stats(config_of(plan))
         calib = _calibration(trainer, pl_module, "CompensationCallback")[0] if needs_calibration else None
         start = time.perf_counter()
         with torch.inference_mode(False), torch.no_grad():

@@ -1,4 +1,4 @@
-"""Registry of pruning methods; each is a scoring rule plus a repair behind the same pipeline."""
+"""Registry of pruning methods; each is a ``Method`` (scoring rule plus repair) behind the same pipeline."""
 
 from __future__ import annotations
 
@@ -33,6 +33,5 @@ def get_method(name: str) -> Method:
         method = METHODS[name]()
     except KeyError:
         raise NumpruneError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}") from None
-    if getattr(method, "name", name) != name:
-        method.name = name  # variants registered with partial() report their registry name
+    method.name = name  # variants registered with partial() report their registry name
     return method

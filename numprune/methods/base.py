@@ -1,17 +1,34 @@
-"""What a pruning method contributes to the one pipeline: per-layer scores, a default allocation, a repair."""
+"""The contract between a pruning method and the one pipeline (``numprune.prune``).
+
+A method is a subclass of ``Method``: class attributes say how it scores and repairs, methods compute the
+scores and the repaired weights. The pipeline reads nothing else, and every member has a default that is
+right for most methods, so a new method overrides only what differs.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats
+from numprune.config import Allocation, HeadScaling, PruneConfig
 
 if TYPE_CHECKING:
-    from numprune.prune import PruneConfig
+    from numprune.adapters.base import Adapter
+
+# Where a method's scores come from:
+#   "dense"      per-layer statistics of the dense model, from one dense pass (any allocation: a global
+#                ranking needs every layer's scores before any mask is chosen)
+#   "sequential" per-layer statistics through the already pruned earlier layers (per-layer allocation only:
+#                each layer is scored, selected and repaired before the next one sees its inputs)
+#   "model"      the method's own pass over the whole model (``score_model``: gradients, weights alone)
+Scoring = Literal["dense", "sequential", "model"]
+# What the repair does: "refit" new weights of the kept columns from the statistics (Eq. 11, OBS), "bias" a
+# bias that restores the mean output (FLAP), "slice" nothing (keep the columns as they are).
+Repair = Literal["refit", "bias", "slice"]
 
 
 @dataclass(frozen=True)
@@ -22,29 +39,58 @@ class LayerScores:
     channels: Tensor
 
 
-class Method(Protocol):
-    name: str
-    default_allocation: str  # "global" or "uniform"
-    adds_bias: bool  # whether repair() returns biases for o_proj / down_proj
-    # Optional members the pipeline looks for (``hasattr`` / ``getattr``):
-    #   default_head_scaling: str = "alpha"     head scaling when PruneConfig.head_scaling is None
-    #   repair_uses_stats: bool = True           False: repair is a plain slice, no statistics pass needed
-    #   score_model(model, adapter, calibration, cfg) -> list[LayerScores]
-    #       replaces the per-layer dense statistics pass (methods that need gradients: LLM-Pruner)
-    #   layer_ratios(ratio, num_layers) -> list[float]
-    #       per-layer ratios for uniform allocation (SlimGPT's log-increasing ratio, LLM-Pruner's layer range)
+class Method:
+    """Base class of every registered method (``numprune.methods.METHODS``)."""
+
+    name: str = ""  # the registry name (an instance of a registered variant carries the variant's name)
+    default_allocation: ClassVar[Allocation] = "global"  # when PruneConfig.allocation is None
+    default_head_scaling: ClassVar[HeadScaling] = "alpha"  # when PruneConfig.head_scaling is None
+    scoring: ClassVar[Scoring] = "dense"
+    repair_kind: ClassVar[Repair] = "slice"
 
     def score(
-        self,
-        stats: dict[str, InputStats],
-        o_weight: Tensor,
-        down_weight: Tensor,
-        geo: LayerGeometry,
-        cfg: PruneConfig,
+        self, stats: dict[str, InputStats], o_weight: Tensor, down_weight: Tensor, geo: LayerGeometry, cfg: PruneConfig
     ) -> LayerScores:
-        """Scores of one layer from the dense calibration statistics of its ``o_proj`` / ``down_proj`` inputs."""
+        """Scores of one layer from the statistics of its ``o_proj`` / ``down_proj`` inputs
+        (``scoring`` "dense" or "sequential")."""
+        raise NotImplementedError(f"{self.name} scores with scoring={self.scoring!r}, not per layer")
+
+    def score_model(
+        self, model: nn.Module, adapter: Adapter, calibration: Tensor, cfg: PruneConfig
+    ) -> list[LayerScores]:
+        """Scores of every layer from the method's own pass over the model (``scoring == "model"``)."""
+        raise NotImplementedError(f"{self.name} scores per layer (scoring={self.scoring!r})")
+
+    def layer_ratios(self, ratio: float, num_layers: int) -> list[float] | None:
+        """Per-layer ratios for per-layer allocation (None: every layer prunes ``ratio``)."""
+        return None
 
     def repair(
         self, stats: InputStats | None, weight: Tensor, keep: Tensor, cfg: PruneConfig
     ) -> tuple[Tensor, Tensor | None]:
-        """New ``[out, len(keep)]`` weight (and optional bias) of a pruned output projection."""
+        """New ``[out, len(keep)]`` weight (and bias, or None) of a pruned output projection. ``stats`` is None
+        when ``needs_stats(cfg)`` is False."""
+        return weight[:, keep.to(weight.device)], None
+
+    def needs_stats(self, cfg: PruneConfig) -> bool:
+        """Whether the repair reads calibration statistics: the one place that decides it."""
+        return self.repair_kind != "slice" and cfg.compensation != "none"
+
+    def adds_bias(self, cfg: PruneConfig) -> bool:
+        """Whether the repaired output projections get a bias."""
+        return self.repair_kind == "bias" and cfg.compensation != "none"
+
+    def check(self, cfg: PruneConfig) -> None:
+        """Refuse a configuration this method cannot run (before any model work)."""
+        from numprune.errors import NumpruneError
+
+        allocation = cfg.allocation or self.default_allocation
+        if self.scoring == "sequential" and allocation == "global":
+            raise NumpruneError(
+                f"{self.name} scores each layer through the already pruned ones: it needs allocation='uniform'"
+            )
+        if self.scoring == "sequential" and cfg.compensation == "dense":
+            raise NumpruneError(
+                f"{self.name} repairs with the statistics it scored with (sequential): use compensation="
+                "'sequential' or 'none'"
+            )

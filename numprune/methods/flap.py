@@ -11,17 +11,13 @@ contribution becomes a bias, ``b = W[:, P] @ E[X_P]``, so the output mean on the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats
-from numprune.methods.base import LayerScores
-
-if TYPE_CHECKING:
-    from numprune.prune import PruneConfig
+from numprune.config import PruneConfig
+from numprune.methods.base import LayerScores, Method
 
 
 def fluctuation(stats: InputStats, weight: Tensor) -> Tensor:
@@ -44,11 +40,11 @@ def bias_compensation(stats: InputStats, weight: Tensor, keep: Tensor) -> Tensor
     return (weight.to(torch.float64)[:, pruned] @ mean[pruned]).to(weight.dtype)
 
 
-class Flap:
+class Flap(Method):
     name = "flap"
     default_allocation = "global"
     default_head_scaling = "none"
-    adds_bias = True
+    repair_kind = "bias"
 
     def score(
         self, stats: dict[str, InputStats], o_weight: Tensor, down_weight: Tensor, geo: LayerGeometry, cfg: PruneConfig
@@ -60,6 +56,6 @@ class Flap:
         self, stats: InputStats | None, weight: Tensor, keep: Tensor, cfg: PruneConfig
     ) -> tuple[Tensor, Tensor | None]:
         kept = weight[:, keep.to(weight.device)]
-        if stats is None or cfg.compensation == "none":
+        if stats is None:
             return kept, None
         return kept, bias_compensation(stats.to(weight.device), weight, keep)

@@ -15,19 +15,16 @@ the model-level parameter ratio stays ``ratio``. No weight update (the LoRA reco
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from numprune.adapters import Adapter
-from numprune.adapters.base import LayerGeometry
+from numprune.adapters.base import Adapter, LayerGeometry
+from numprune.config import PruneConfig
 from numprune.errors import NumpruneError
 from numprune.methods.base import LayerScores
 from numprune.methods.simple import _Slice, _split_rows
-
-if TYPE_CHECKING:
-    from numprune.prune import PruneConfig
 
 TAYLOR_SAMPLES = 10
 
@@ -67,6 +64,7 @@ def taylor_scores(adapter: Adapter, layer: nn.Module, geo: LayerGeometry, mode: 
 
 class LLMPruner(_Slice):
     name = "llm-pruner"
+    scoring = "model"
 
     def __init__(self, mode: Literal["e1", "v"] = "e1", layer_range: bool = False, samples: int = TAYLOR_SAMPLES):
         if mode not in ("e1", "v"):

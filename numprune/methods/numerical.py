@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import Tensor
 
 from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats
 from numprune.compensate import compensate
-from numprune.methods.base import LayerScores
+from numprune.config import PruneConfig
+from numprune.methods.base import LayerScores, Method
 from numprune.score import numerical_score, pool_heads
 
-if TYPE_CHECKING:
-    from numprune.prune import PruneConfig
 
-
-class Numerical:
+class Numerical(Method):
     name = "numerical"
     default_allocation = "global"
-    adds_bias = False
+    repair_kind = "refit"
 
     def score(
         self, stats: dict[str, InputStats], o_weight: Tensor, down_weight: Tensor, geo: LayerGeometry, cfg: PruneConfig
@@ -34,5 +30,5 @@ class Numerical:
         self, stats: InputStats | None, weight: Tensor, keep: Tensor, cfg: PruneConfig
     ) -> tuple[Tensor, Tensor | None]:
         if stats is None:
-            return weight[:, keep], None
+            return super().repair(stats, weight, keep, cfg)
         return compensate(stats.gram, weight, keep, damp=cfg.damp), None

@@ -5,31 +5,20 @@ All three allocate uniformly per layer and repair by slicing (no weight update, 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
 
-from numprune.adapters import Adapter
-from numprune.adapters.base import LayerGeometry
+from numprune.adapters.base import Adapter, LayerGeometry
 from numprune.calibrate import InputStats
-from numprune.methods.base import LayerScores
-
-if TYPE_CHECKING:
-    from numprune.prune import PruneConfig
+from numprune.config import PruneConfig
+from numprune.methods.base import LayerScores, Method
 
 
-class _Slice:
-    """Repair of methods without compensation: keep the columns as they are."""
+class _Slice(Method):
+    """Methods without compensation: per-layer allocation, the kept columns stay as they are."""
 
     default_allocation = "uniform"
-    adds_bias = False
-    repair_uses_stats = False
-
-    def repair(
-        self, stats: InputStats | None, weight: Tensor, keep: Tensor, cfg: PruneConfig
-    ) -> tuple[Tensor, Tensor | None]:
-        return weight[:, keep.to(weight.device)], None
+    repair_kind = "slice"
 
 
 def wanda_sp_scores(stats: InputStats, weight: Tensor) -> Tensor:
@@ -80,6 +69,7 @@ class Magnitude(_Slice):
     """L2 norm of all the weights a head / channel owns (data-free floor)."""
 
     name = "magnitude"
+    scoring = "model"
 
     def score_model(
         self, model: nn.Module, adapter: Adapter, calibration: Tensor, cfg: PruneConfig
@@ -95,6 +85,7 @@ class Random(_Slice):
     """Uniformly random scores from ``torch.Generator().manual_seed(cfg.seed)`` (floor; deterministic)."""
 
     name = "random"
+    scoring = "model"
 
     def score_model(
         self, model: nn.Module, adapter: Adapter, calibration: Tensor, cfg: PruneConfig

@@ -17,17 +17,14 @@ is ``ratio`` (our reading of the paper's log-increasing schedule; capped at 0.95
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats
-from numprune.methods.base import LayerScores
-
-if TYPE_CHECKING:
-    from numprune.prune import PruneConfig
+from numprune.config import PruneConfig
+from numprune.methods.base import LayerScores, Method
 
 MLP_STEPS = 64
 
@@ -103,10 +100,10 @@ def log_increasing_ratios(ratio: float, num_layers: int, cap: float = 0.95) -> l
     return out
 
 
-class SlimGPT:
+class SlimGPT(Method):
     name = "slimgpt"
     default_allocation = "uniform"
-    adds_bias = False
+    repair_kind = "refit"
 
     def score(
         self, stats: dict[str, InputStats], o_weight: Tensor, down_weight: Tensor, geo: LayerGeometry, cfg: PruneConfig
@@ -126,7 +123,7 @@ class SlimGPT:
         self, stats: InputStats | None, weight: Tensor, keep: Tensor, cfg: PruneConfig
     ) -> tuple[Tensor, Tensor | None]:
         if stats is None:
-            return weight[:, keep.to(weight.device)], None
+            return super().repair(stats, weight, keep, cfg)
         return obs_update(stats.gram, weight, keep, cfg.damp), None
 
     def layer_ratios(self, ratio: float, num_layers: int) -> list[float]:
