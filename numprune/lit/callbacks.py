@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from numprune.errors import NumpruneError
-from numprune.plan import PruningPlan
 from numprune.methods import get_method
+from numprune.plan import PruningPlan
 from numprune.prune import PruneConfig, Reduce, apply_plan_, config_of, plan_pruning
 
 log = logging.getLogger("numprune")
