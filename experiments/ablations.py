@@ -17,8 +17,7 @@ import os
 import torch
 
 from numprune.config import PruneConfig
-from numprune.grid import Point, run_point
-from numprune.results import append_rows, has_row, read_rows
+from numprune.runner import Runner, text_point
 
 RATIOS = (0.2, 0.4)
 # One-factor ablations start from the paper's reading (whole KV groups, compensation from the dense pass) with
@@ -50,24 +49,6 @@ ABLATIONS: dict[str, list[tuple[str, dict, int]]] = {
 }
 
 
-def _reuse_default(name: str, ratio: float, label: str, options: dict, base: dict) -> None:
-    """The first entry of an ablation is the base configuration, identical to one ``damp`` row: copy those rows
-    (relabelled) instead of recomputing the same pruned model."""
-    if name == "damp" or {**base, **options} != base:
-        return
-    src = [
-        r
-        for r in read_rows("results/ablation_damp.csv")
-        if float(r["ratio"]) == ratio and json.loads(r["options"]) == base
-    ]
-    dst = f"results/ablation_{name}.csv"
-    opts = json.dumps(base, sort_keys=True)
-    rows = [{**r, "experiment": f"ablation-{name}", "method": f"numerical[{label}]", "options": opts} for r in src]
-    rows = [r for r in rows if not has_row(dst, r)]
-    if rows:
-        append_rows(dst, [{k: v for k, v in r.items() if k != "time"} for r in rows])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("NUMPRUNE_DATA_DIR", "../shared/data"))
@@ -80,12 +61,12 @@ def main() -> None:
     base = json.loads(args.base)
     if "damp" not in base:
         base["damp"] = PruneConfig.__dataclass_fields__["damp"].default
+    runners = {name: Runner(f"results/ablation_{name}.csv") for name in args.only}  # one dense-stats cache each
+
     for name in args.only:
         for ratio in args.ratios:
             for label, options, nsamples in ABLATIONS[name]:
-                if nsamples == 32:
-                    _reuse_default(name, ratio, label, options, base)
-                p = Point(
+                p = text_point(
                     f"ablation-{name}",
                     ratio=ratio,
                     options={**base, **options},
@@ -93,8 +74,9 @@ def main() -> None:
                     evals=EVALS,
                     label=f"numerical[{label}]",
                     share_stats=True,  # one dense pass per calibration set; time rows exclude it
+                    data_dir=args.data_dir,
                 )
-                for row in run_point(p, f"results/ablation_{name}.csv", data_dir=args.data_dir):
+                for row in runners[name].run([p]):
                     value = row["value"]
                     print(name, label, ratio, row["metric"], row.get("eval_dataset", ""), f"{value:.4g}", flush=True)
 

@@ -19,9 +19,9 @@ import time
 import torch
 
 from numprune import prune_
-from numprune.llamagen import generate_tokens
-from numprune.models.llamagen import LlamaGenConfig, build_llamagen, llamagen_config
-from numprune.models.vq import VQConfig, VQModel
+from numprune.llamagen.gpt import GPTConfig, build_gpt, gpt_config
+from numprune.llamagen.sampling import generate_tokens
+from numprune.llamagen.vq import VQConfig, VQModel
 from numprune.results import append_rows, git_commit
 
 TINY = dict(dim=64, n_layer=2, n_head=4, vocab_size=64, num_classes=10, block_size=16, multiple_of=16)
@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cfg = LlamaGenConfig(**TINY) if args.tiny else llamagen_config(args.model)
+    cfg = GPTConfig(**TINY) if args.tiny else gpt_config(args.model)
     name = "tiny" if args.tiny else args.model
-    dense = build_llamagen(cfg, device=device, dtype=dtype, seed=args.seed).eval()
+    dense = build_gpt(cfg, device=device, dtype=dtype, seed=args.seed).eval()
     vq = None
     if args.decode:
         vq_cfg = VQConfig(ch=32, ch_mult=[1, 1], z_channels=32, usage_buffer=0) if args.tiny else VQConfig()

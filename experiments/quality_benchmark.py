@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from numprune.grid import Point, run_points
+from numprune.runner import run_points, text_point
 
 RATIOS = (0.2, 0.4, 0.1, 0.3, 0.5)  # in this order, so that a partial grid has the ablation ratios first
 TIMED_RATIO = 0.2  # this point of each method runs the full pipeline; the others share one dense pass
@@ -45,9 +45,9 @@ def main() -> None:
     parser.add_argument("--dense", action="store_true", help="also the dense row")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    points = [Point("quality", ratio=0.0, label="dense", evals=EVALS)] if args.dense else []
+    points = [text_point("quality", ratio=0.0, evals=EVALS, data_dir=args.data_dir)] if args.dense else []
     points += [
-        Point(
+        text_point(
             "quality",
             method=VARIANTS.get(m, (m, {}))[0],
             label=m,
@@ -55,11 +55,12 @@ def main() -> None:
             evals=EVALS,
             options={"gqa": "groups", **VARIANTS.get(m, (m, {}))[1]},
             share_stats=r != TIMED_RATIO,
+            data_dir=args.data_dir,
         )
         for r in args.ratios
         for m in args.methods
     ]
-    run_points(points, args.results, data_dir=args.data_dir)
+    run_points(points, args.results)
 
 
 if __name__ == "__main__":

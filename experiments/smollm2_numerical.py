@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from numprune.grid import Point, run_points
+from numprune.runner import run_points, text_point
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
 # The paper's reading, as the defaults were when this table was made: whole KV groups, compensation from the
@@ -30,19 +30,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     evals = ("wikitext2", "ptb")
-    points = [Point("smollm2-numerical", ratio=0.0, label="dense", evals=evals)]
+    data = {"evals": evals, "data_dir": args.data_dir}
+    points = [text_point("smollm2-numerical", ratio=0.0, **data)]
     for ratio in RATIOS:
-        points.append(Point("smollm2-numerical", ratio=ratio, evals=evals, options=PAPER_READING))
+        points.append(text_point("smollm2-numerical", ratio=ratio, options=PAPER_READING, **data))
         points.append(
-            Point(
+            text_point(
                 "smollm2-numerical",
                 ratio=ratio,
-                evals=evals,
                 label="numerical-no-compensation",
                 options={**PAPER_READING, "compensation": "none"},
+                **data,
             )
         )
-    run_points(points, args.results, data_dir=args.data_dir)
+    run_points(points, args.results)
 
 
 if __name__ == "__main__":

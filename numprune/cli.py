@@ -9,9 +9,11 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from numprune.config import DTYPE_NAMES
 from numprune.errors import NumpruneError
 
 # name -> function that adds a subparser (with ``set_defaults(func=handler)``); other modules append here.
@@ -38,7 +40,9 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def _dtype(name: str) -> torch.dtype:
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    from numprune.config import parse_dtype
+
+    return parse_dtype(name)
 
 
 @command("prune")
@@ -55,7 +59,7 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--data-dir", default=None, help="local corpora (default $NUMPRUNE_DATA_DIR)")
     p.add_argument("--device", default=None, help="compute device for calibration (model stays on the CPU)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES)
     p.add_argument(
         "--option",
         type=_option,
@@ -107,7 +111,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES)
     p.set_defaults(func=run_eval)
 
 
@@ -146,14 +150,18 @@ def _add_zeroshot(sub: argparse._SubParsersAction) -> None:
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run an experiment config (LightningCLI): numprune run CONFIG.yaml [--key=value]")
     p.add_argument("config", help="experiments/configs/NAME.yaml")
+    p.add_argument("--dry-run", action="store_true", help="list the points (done / todo) and what is missing")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="LightningCLI overrides, e.g. --data.nsamples=32")
     p.set_defaults(func=run_experiment)
 
 
 def run_experiment(args: argparse.Namespace) -> None:
-    from numprune.lit.cli import run_config
+    from numprune.runner import run_config
 
-    run_config(args.config, args.overrides)
+    if not Path(args.config).is_file():
+        raise NumpruneError(f"config file {args.config} does not exist")
+    overrides = [o for o in args.overrides if o != "--dry-run"]  # also after the config (REMAINDER keeps it)
+    run_config(args.config, overrides, list_only=args.dry_run or len(overrides) < len(args.overrides))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,8 +15,10 @@ C4: documents from which seeded random windows are drawn.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +45,7 @@ class Corpus:
 
     name: str
     split: str
-    source: str  # "local:<path>" or "hub:<id>"
+    source: str  # "local:<path in the data dir>#<sha256 prefix>", "file:<name>#<sha256 prefix>" or "hub:<id>"
     text: str | None = None
     documents: list[str] | None = None
 
@@ -83,7 +85,29 @@ def _read_jsonl(path: Path) -> list[str]:
         return [json.loads(line)["text"] for line in fh if line.strip()]
 
 
+def _fingerprint(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached now (``HF_HUB_OFFLINE=1`` or no network: at once False)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
+        "HF_DATASETS_OFFLINE", "0"
+    ).lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _hub(name: str, split: str) -> Corpus:
+    if not hub_reachable():  # the datasets library would retry for ~40 s before failing
+        raise NumpruneError(
+            f"{name}:{split} is not in the local data directory and the hub is offline or unreachable; set "
+            f"--data-dir / NUMPRUNE_DATA_DIR to a folder with the files, or pass a text file path"
+        )
     try:
         import datasets
 
@@ -109,18 +133,21 @@ def load_corpus(spec: str, root: str | Path | None = None, default_split: str | 
     name, split = parse_name(spec, default_split)
     if split == "file":
         path = Path(name)
-        return Corpus(path.name, "file", f"local:{path}", text=path.read_text(encoding="utf-8"))
+        return Corpus(
+            path.name, "file", f"file:{path.name}#{_fingerprint(path)}", text=path.read_text(encoding="utf-8")
+        )
     base = data_dir(root)
     if base is not None:
         if name == "c4":
             path = _local_c4(base, split)
             if path is not None:
-                return Corpus(name, split, f"local:{path}", documents=_read_jsonl(path))
+                source = f"local:{path.relative_to(base)}#{_fingerprint(path)}"
+                return Corpus(name, split, source, documents=_read_jsonl(path))
         for rel in _LOCAL.get((name, split), []):
             path = base / rel
             if path.exists():
                 text = _sentences(path) if name == "ptb" else path.read_text(encoding="utf-8")
-                return Corpus(name, split, f"local:{path}", text=text)
+                return Corpus(name, split, f"local:{rel}#{_fingerprint(path)}", text=text)
     return _hub(name, split)
 
 

@@ -61,12 +61,32 @@ def resolve(name: str) -> str:
     return str(smollm2_path()) if name == SMOLLM2_ALIAS else name
 
 
+def looks_like_path(name: str) -> bool:
+    """A local folder rather than a hub ID (``org/name``): absolute, ``./``, ``../``, ``~``, or deeper."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def missing_model(name: str) -> str | None:
+    """Why ``name`` cannot be a model (a folder that does not exist, one without config.json), or None."""
+    if name == SMOLLM2_ALIAS:
+        return None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return None if (path / "config.json").exists() else f"model folder {name} has no config.json"
+    if looks_like_path(name) or path.exists():
+        return f"model folder {name} does not exist"
+    return None
+
+
 def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Load a causal LM (dense or pruned by numprune) and its tokenizer from an alias, hub ID or directory."""
     from transformers import AutoTokenizer
 
     from numprune.pruned_model import load_pruned
 
+    problem = missing_model(name)
+    if problem:
+        raise NumpruneError(problem)
     path = resolve(name)
     try:
         model = load_pruned(path, dtype=dtype)
@@ -74,5 +94,6 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
         # never needs it, and without an explicit False transformers stops to ask on a terminal.
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except OSError as err:
-        raise NumpruneError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from err
+        where = "" if Path(path).exists() else " (not a local folder; the hub is offline or has no such model)"
+        raise NumpruneError(f"cannot load model {name!r}{where}: {str(err).splitlines()[0]}") from err
     return model.to(device).eval(), tok

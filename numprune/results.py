@@ -101,6 +101,19 @@ def file_hash(path: str | Path, limit_files: int = 64) -> str:
     return h.hexdigest()[:16]
 
 
+def portable(path: str | Path) -> str:
+    """A path as a result row may show it: relative to the working directory, the data directory or home
+    (``~/...``) when under one of them, else only its name; never an absolute path of this machine."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        return str(path)
+    data = os.environ.get("NUMPRUNE_DATA_DIR")
+    for base, prefix in ((Path.cwd(), ""), (Path(data) if data else None, "data:"), (Path.home(), "~/")):
+        if base is not None and p.is_relative_to(base.resolve()):
+            return prefix + str(p.relative_to(base.resolve()))
+    return p.name
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-import numprune.lit.cli as lit_cli
 from numprune.cli import main
+from numprune.lit.cli import Grid, parse
 from numprune.results import read_rows, row_key
+from numprune.runner import Runner, expand
 from tests.lit_helpers import make_tiny_dir
 
 CONFIGS = Path(__file__).parent.parent / "experiments" / "configs"
@@ -79,18 +81,50 @@ def test_config_dry_run(name, tiny, tmp_path, capsys):
     assert main(["run", str(CONFIGS / f"{name}.yaml"), "--dry_run=true", *tiny_args(tiny, tmp_path / "r.csv")]) == 0
     out = capsys.readouterr().out
     assert "points" in out and "todo" in out
-    assert main(["run", str(CONFIGS / f"{name}.yaml"), "--dry_run=true"]) == 0  # the unchanged config parses
+    assert main(["run", str(CONFIGS / f"{name}.yaml"), "--dry-run"]) == 0  # the unchanged config parses
     out = capsys.readouterr().out
-    assert "done " not in out and ("--model.model=huggyllama/" in out or name.startswith(("table6", "table7")))
+    assert "done " not in out and ("model=huggyllama/" in out or name.startswith(("table6", "table7")))
+
+
+def points_of(name: str) -> list[list]:
+    """(label, ratio, model, calibration size) of every point of a config, as the runner expands it."""
+    args = [f"--config={CONFIGS / name}.yaml"]
+    cfg = parse(args)
+    model = cfg.model.init_args.model
+    data = cfg.get("data")
+    base = {
+        "model": model.as_dict() if hasattr(model, "as_dict") else model,
+        "nsamples": data.init_args.nsamples if data is not None else None,
+        "method": cfg.method,
+        "ratio": cfg.ratio,
+        "label": cfg.label,
+        "prune": dict(cfg.prune),
+    }
+    out = []
+    for p in expand(cfg.experiment, Grid(**vars(cfg.grid)), base, args):
+        over = dict(a.removeprefix("--").split("=", 1) for a in p.args[1:])
+        model = over.get("model.model", base["model"])
+        name_ = json.loads(model)["name"] if model.startswith("{") else model
+        n = over.get("data.nsamples")
+        out.append([p.name, p.ratio, name_, None if n is None else int(n)])
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(json.loads((Path(__file__).parent / "data" / "config_points.json").read_text())))
+def test_configs_list_the_same_points_as_before_the_runner_merge(name):
+    """tests/data/config_points.json: the points every config had under the three former runners."""
+    before = json.loads((Path(__file__).parent / "data" / "config_points.json").read_text())[name]
+    assert points_of(name) == before
 
 
 def test_llamagen_config_dry_run(capsys):
-    assert main(["run", str(CONFIGS / "table3_llamagen.yaml"), "--dry_run=true"]) == 0
+    assert main(["run", str(CONFIGS / "table3_llamagen.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "14 points" in out and "LlamaGen-3B flap 0.2" in out
+    assert "14 points" in out and "flap ratio=0.2 model=LlamaGen-3B" in out
     # A real run checks everything before loading a model: here the checkpoints are absent (one clear line).
     assert main(["run", str(CONFIGS / "table3_llamagen.yaml")]) == 2
-    assert "checkpoint checkpoints/llamagen/c2i_XXL_384.pt does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "checkpoint checkpoints/llamagen/c2i_XXL_384.pt does not exist" in err and len(err.splitlines()) == 1
 
 
 def fake_zeroshot(model, tokenizer, tasks="paper", batch_size=1):
@@ -112,16 +146,16 @@ def test_interrupted_grid_resumes_without_duplicates(tiny, tmp_path, monkeypatch
     results = tmp_path / "g.csv"
     args = ["run", str(CONFIGS / "table1_5_llama1_ppl.yaml"), *tiny_args(tiny, results, "[0.0,0.2,0.4]")]
     args.append("--data.eval_seqlen=32")
-    real, calls, crash = lit_cli.run_point, [], [True]
+    real, calls, crash = Runner.run_point, [], [True]
 
-    def crash_on_second(*a, **kw):
-        calls.append(a[1])
+    def crash_on_second(self, p):
+        calls.append(p)
         if crash[0] and len(calls) == 2:
             crash[0] = False
             raise KeyboardInterrupt  # a crash in the middle of the grid
-        return real(*a, **kw)
+        return real(self, p)
 
-    monkeypatch.setattr(lit_cli, "run_point", crash_on_second)
+    monkeypatch.setattr(Runner, "run_point", crash_on_second)
     assert main(args) == 130
     assert {r["ratio"] for r in read_rows(results)} == {"0.0"}
     calls.clear()

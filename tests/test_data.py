@@ -28,18 +28,26 @@ def test_parse_names():
 
 def test_local_files_and_ptb_protocol(shared_data):
     wiki = load_corpus("wikitext2", shared_data)
-    assert wiki.source.endswith("wikitext2/wiki.test.raw") and len(wiki.text) > 1_000_000
+    # the data README's sha256 of wiki.test.raw; relative to the data directory: no path of this machine
+    assert wiki.source == "local:wikitext2/wiki.test.raw#4f3e427e4aff" and len(wiki.text) > 1_000_000
     ptb = load_corpus("ptb", shared_data)
     # 3,761 sentences, 82,430 tokens counting one end-of-sentence each (data README): 78,669 words, one " " apart
     assert "\n" not in ptb.text and len(ptb.text.split(" ")) == 82_430 - 3_761
     valid = load_corpus("wikitext2:validation", shared_data)
-    assert valid.source.endswith("wiki.valid.tokens")
+    assert valid.source.startswith("local:wikitext2/wiki.valid.tokens#")
 
 
-def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+def test_missing_data_offline_fails_at_once_without_the_hub(tmp_path, monkeypatch):
+    """Offline, a dataset that is not local is refused before the datasets library is asked (it would retry for
+    ~40 s): load_dataset must not be called at all."""
+    import datasets
+
+    def never(*args, **kwargs):
+        raise AssertionError("the hub was asked although HF_HUB_OFFLINE=1")
+
+    monkeypatch.setattr(datasets, "load_dataset", never)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(NumpruneError, match="could not be loaded"):
+    with pytest.raises(NumpruneError, match="offline or unreachable"):
         load_corpus("wikitext2:train", tmp_path)
 
 

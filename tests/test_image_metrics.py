@@ -81,7 +81,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(feats):
 @pytest.mark.slow  # ~30 s on 2 cores: two Inception passes each for ours and torch-fidelity's
 def test_compute_metrics_matches_torch_fidelity(tmp_path, weights, net):
     torch_fidelity = pytest.importorskip("torch_fidelity")
-    from numprune.llamagen import save_pngs
+    from numprune.llamagen.sampling import save_pngs
 
     real, gen = smooth_images(6, seed=3), add_noise(smooth_images(6, seed=4), 10)
     save_pngs(real, tmp_path / "real")

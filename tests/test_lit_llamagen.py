@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-import numprune.lit.llamagen_run as runner
 from numprune import PruningPlan, prune_
 from numprune.cli import main
 from numprune.eval.image_metrics import save_random_inception
 from numprune.lit import LlamaGenModule, pruning_callbacks
-from numprune.lit.llamagen_config import CalibrationSpec, GenerationSpec, MetricsSpec
-from numprune.llamagen import calibration_tokens, generate_images
-from numprune.models.llamagen import LlamaGenConfig, build_llamagen
-from numprune.models.vq import VQConfig, VQModel
+from numprune.lit.llamagen_specs import CalibrationSpec, GenerationSpec, MetricsSpec
+from numprune.llamagen.gpt import GPTConfig, build_gpt
+from numprune.llamagen.sampling import calibration_tokens, generate_images
+from numprune.llamagen.vq import VQConfig, VQModel
+from numprune.runner import Runner
 from numprune.prune import count_params
 from numprune.results import read_rows, row_key
 
@@ -53,50 +53,50 @@ def assets(tmp_path_factory):
     return weights, real
 
 
-def tiny_args(assets, results: Path, methods: str = "[dense,numerical]", ratios: str = "[0.2,0.4]") -> list[str]:
+def tiny_args(assets, results: Path, methods: str = "[numerical]", ratios: str = "[0.0,0.2,0.4]") -> list[str]:
     weights, real = assets
     model = {"name": "tiny", "gpt_model": "GPT-B", "checkpoint": None, "random_init": True, "cfg_scale": 2.0}
     return [
         "run",
         str(CONFIG),
-        f"--models={json.dumps([{**model, 'config': GPT}])}",
-        f"--tokenizer={json.dumps({'checkpoint': None, 'random_init': True, 'config': VQ})}",
-        f"--methods={methods}",
-        f"--ratios={ratios}",
-        "--precision=fp32",
-        "--eval_size=16",
-        "--calibration.images_per_class=2",
-        "--calibration.classes=[0,3,5]",
-        "--calibration.batch_size=4",
-        "--generation.num_samples=10",
-        "--generation.batch_size=4",
-        "--generation.save_png=false",
-        f"--metrics.reference={real}",
-        f"--metrics.inception_weights={weights}",
-        "--metrics.isc_splits=2",
+        f"--grid.models={json.dumps([{**model, 'config': GPT}])}",
+        f"--model.vq={json.dumps({'checkpoint': None, 'random_init': True, 'config': VQ})}",
+        f"--grid.methods={methods}",
+        f"--grid.ratios={ratios}",
+        "--model.precision=fp32",
+        "--model.eval_size=16",
+        "--model.calibration.images_per_class=2",
+        "--model.calibration.classes=[0,3,5]",
+        "--model.calibration.batch_size=4",
+        "--model.generation.num_samples=10",
+        "--model.generation.batch_size=4",
+        "--model.generation.save_png=false",
+        f"--model.metrics.reference={real}",
+        f"--model.metrics.inception_weights={weights}",
+        "--model.metrics.isc_splits=2",
         f"--results={results}",
-        '--trainer={"accelerator": "cpu"}',
+        "--trainer.accelerator=cpu",
     ]
 
 
 def test_table3_config_runs_end_to_end_and_resumes(assets, tmp_path, monkeypatch):
     results = tmp_path / "t3.csv"
     args = tiny_args(assets, results)
-    real, calls = runner.run_point, []
+    real, calls = Runner.run_point, []
 
-    def crash_on_second(cfg, p):
-        calls.append(p.label)
+    def crash_on_second(self, p):
+        calls.append(p.describe())
         if len(calls) == 2:
             raise KeyboardInterrupt  # a crash in the middle of the grid
-        return real(cfg, p)
+        return real(self, p)
 
-    monkeypatch.setattr(runner, "run_point", crash_on_second)
+    monkeypatch.setattr(Runner, "run_point", crash_on_second)
     assert main(args) == 130
     assert {r["method"] for r in read_rows(results)} == {"dense"}
-    monkeypatch.setattr(runner, "run_point", lambda cfg, p: calls.append(p.label) or real(cfg, p))
+    monkeypatch.setattr(Runner, "run_point", lambda self, p: calls.append(p.describe()) or real(self, p))
     calls.clear()
     assert main(args) == 0
-    assert calls == ["tiny numerical 0.2", "tiny numerical 0.4"]  # the finished dense point is not rerun
+    assert calls == ["numerical ratio=0.2 model=tiny", "numerical ratio=0.4 model=tiny"]  # dense is not rerun
 
     rows = read_rows(results)
     quality = [r for r in rows if r["metric"] in METRICS]
@@ -114,7 +114,7 @@ def test_table3_config_runs_end_to_end_and_resumes(assets, tmp_path, monkeypatch
         row = next(r for r in pruned if r["ratio"] == ratio and r["metric"] == "fid")
         assert abs(float(row["ratio_achieved"]) - float(ratio)) < 0.05
         assert int(row["params_after"]) < int(row["params_before"])
-        plan = PruningPlan.load(tmp_path / "t3" / "plans" / f"tiny-numerical-{ratio}-self-generated-2x3.json")
+        plan = PruningPlan.load(tmp_path / "t3" / "plans" / f"tiny-numerical-{ratio}-self-generated-2x3-n6.json")
         assert int(row["params_after"]) == plan.achieved["model_params_after"] == expected_params(plan)
     assert len([r for r in rows if r["metric"] == "calib_generate_seconds"]) == 1  # rows reused from the cache
     with np.load(tmp_path / "t3" / "samples" / "tiny-dense-0.npz") as data:
@@ -137,7 +137,7 @@ def expected_params(plan: PruningPlan) -> int:
 
 def tiny_module(assets, **gen) -> LlamaGenModule:
     weights, real = assets
-    gpt = build_llamagen(LlamaGenConfig(**GPT), seed=0).eval()
+    gpt = build_gpt(GPTConfig(**GPT), seed=0).eval()
     with torch.random.fork_rng():
         torch.manual_seed(0)
         vq = VQModel(VQConfig(**VQ)).eval()
@@ -203,8 +203,10 @@ def test_flap_on_llamagen(assets, tmp_path):
 
 def test_config_errors_are_one_line(assets, tmp_path, capsys):
     args = tiny_args(assets, tmp_path / "x.csv")
-    assert main([*args, "--calibration.images=3"]) == 2
-    assert "calibration: unknown keys ['images']" in capsys.readouterr().err
-    assert main([*args, "--generation.num_samples=7"]) == 2  # not a multiple of the 10 classes
-    assert "not a multiple" in capsys.readouterr().err
+    assert main([*args, "--model.calibration.images=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "numprune: error: config: model.calibration: Option 'images' is not accepted"
+    assert main([*args, "--model.generation.num_samples=7"]) == 2  # not a multiple of the 10 classes
+    err = capsys.readouterr().err
+    assert "not a multiple" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.csv").exists()

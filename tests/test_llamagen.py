@@ -12,12 +12,12 @@ import torch
 
 from numprune import NumpruneError, prune_
 from numprune.adapters import get_adapter
-from numprune.llamagen import calibration_tokens, filter_logits, generate_images, generate_tokens
+from numprune.llamagen.sampling import calibration_tokens, filter_logits, generate_images, generate_tokens
 from numprune.methods import METHODS, Method
-from numprune.models.llamagen import LlamaGen, LlamaGenConfig, build_llamagen, llamagen_config
-from numprune.models.llamagen_io import load_llamagen, load_official_gpt, official_state_dict, save_llamagen
-from numprune.models.rope import apply_rope_2d, rope_2d_table
-from numprune.models.vq import VQConfig, VQModel, load_official_vq
+from numprune.llamagen.gpt import LlamaGen, GPTConfig, build_gpt, gpt_config
+from numprune.llamagen.checkpoint import load_llamagen, load_official_gpt, official_state_dict, save_llamagen
+from numprune.llamagen.rope import apply_rope_2d, rope_2d_table
+from numprune.llamagen.vq import VQConfig, VQModel, load_official_vq
 
 torch.set_num_threads(1)
 
@@ -25,7 +25,7 @@ TINY = dict(dim=64, n_layer=2, n_head=4, vocab_size=64, num_classes=10, block_si
 
 
 def tiny(dtype: torch.dtype = torch.float64, **kw) -> LlamaGen:
-    return build_llamagen(LlamaGenConfig(**{**TINY, **kw}), dtype=dtype, seed=0).eval()
+    return build_gpt(GPTConfig(**{**TINY, **kw}), dtype=dtype, seed=0).eval()
 
 
 def tiny_vq() -> VQModel:
@@ -55,10 +55,10 @@ def test_official_configs_have_the_published_sizes():
     }
     for name, count in expected.items():
         with torch.device("meta"):
-            model = LlamaGen(llamagen_config(name))
+            model = LlamaGen(gpt_config(name))
         assert sum(p.numel() for p in model.parameters()) == count, name
-    assert llamagen_config("GPT-3B").head_dim == 100 and llamagen_config("GPT-3B").ffn_dim == 8704
-    assert llamagen_config("GPT-XXL").block_size == 576
+    assert gpt_config("GPT-3B").head_dim == 100 and gpt_config("GPT-3B").ffn_dim == 8704
+    assert gpt_config("GPT-XXL").block_size == 576
 
 
 def test_rope_2d_rows_then_columns_and_zero_class_position():

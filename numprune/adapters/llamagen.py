@@ -1,4 +1,4 @@
-"""Adapter for numprune's own LlamaGen GPT (``numprune.models.llamagen``).
+"""Adapter for numprune's own LlamaGen GPT (``numprune.llamagen.gpt``).
 
 Heads are cut through the fused ``wqkv`` (part ``"qkv"``: the q, k and v row blocks of each kept head) and the
 columns of ``wo``; MLP channels through the rows of ``w1``/``w3`` and the columns of ``w2``. Whole heads only:
@@ -6,7 +6,7 @@ RoPE pairs live inside a head (head_dim 64 for B..XXL, 100 for 3B).
 
 Calibration batch layout (what ``run_model`` receives, ``[1, L]`` int64): ``[class_id, img_tok_0, ...,
 img_tok_{L-2}]``, the class token first and the image tokens teacher-forced, as in training
-(``numprune.llamagen.calibration_tokens`` builds such rows from the model's own samples).
+(``numprune.llamagen.sampling.calibration_tokens`` builds such rows from the model's own samples).
 """
 
 from __future__ import annotations

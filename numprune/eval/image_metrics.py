@@ -253,3 +253,46 @@ def compute_metrics(
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return metrics_from_features(gen, real_f, ref.stats, metrics, isc_splits, isc_shuffle, prc_neighborhood)
+
+
+# The real side is the same for every point of a grid (ADM: 10k reference images for P/R); the Inception and
+# the reference features are kept for the process, keyed by file, modification time, weights and device.
+_EXTRACTOR: dict[tuple, nn.Module] = {}
+_REFERENCE: dict[tuple, tuple] = {}
+
+
+def score_images(
+    images: np.ndarray,
+    reference: str | Path,
+    names: Sequence[str],
+    inception_weights: str | Path | None = None,
+    batch_size: int = 64,
+    isc_splits: int = 10,
+    prc_neighborhood: int = 3,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """The metrics ``names`` of generated ``images`` against ``reference`` (as ``compute_metrics``), with the
+    Inception and the reference features cached across calls (every point of a grid shares them)."""
+    weights = None if inception_weights is None else str(Path(inception_weights).resolve())
+    key = (weights, str(device))
+    if key not in _EXTRACTOR:
+        _EXTRACTOR.clear()
+        _EXTRACTOR[key] = load_inception(weights, device)
+    net = _EXTRACTOR[key]
+    ref_path = Path(reference).resolve()
+    needs_real = bool({"precision", "recall"} & set(names))
+    ref_key = (str(ref_path), ref_path.stat().st_mtime_ns, *key, needs_real)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # as compute_metrics
+    try:
+        if ref_key not in _REFERENCE:
+            ref = load_reference(ref_path)
+            real = extract_features(ref.images, net, batch_size) if needs_real or ref.stats is None else None
+            _REFERENCE.clear()
+            _REFERENCE[ref_key] = (ref.stats, real)
+        stats, real = _REFERENCE[ref_key]
+        gen = extract_features(images, net, batch_size)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    out = metrics_from_features(gen, real, stats, list(names), isc_splits, False, prc_neighborhood)
+    return {k: float(v) for k, v in out.items()}

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from numprune.config import DTYPE_NAMES, parse_dtype
 from numprune.errors import NumpruneError
 from numprune.eval.lm_tasks import PAPER_TASKS, TASKS, parse_tasks, task_configs, task_manager
 
@@ -268,7 +269,7 @@ def add_zeroshot_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--num-fewshot", nargs="*", metavar="TASK=K", help="shot counts (default: mmlu=5 gsm8k=5)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default=None, help="append rows to this results CSV")
     p.add_argument("--experiment", default="zeroshot")
@@ -282,7 +283,7 @@ def run_zeroshot_command(args: argparse.Namespace) -> int:
     from numprune.results import append_rows, file_hash
     from numprune.save import load_plan
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    dtype = parse_dtype(args.dtype)
     limit = None if args.limit is None else int(args.limit) if args.limit >= 1 else args.limit
     model, tok = load_model(args.model, dtype=dtype, device=args.device)
     path = Path(resolve(args.model))

@@ -26,26 +26,25 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
+from numprune.config import make_config
 from numprune.errors import NumpruneError
+from numprune.lit.module import PrunableModule
 from numprune.methods import get_method
 from numprune.plan import PruningPlan
-from numprune.prune import PruneConfig, Reduce, apply_plan_, config_of, plan_pruning
+from numprune.prune import Reduce, apply_plan_, config_of, plan_pruning
 
 log = logging.getLogger("numprune")
 
 
 def _calibration(trainer: L.Trainer, pl_module: L.LightningModule, who: str) -> tuple[Tensor, dict]:
-    """This process's shard of the calibration rows, and their description: ``calibration()`` of the datamodule
-    (text windows, ``TextDataModule``) or else of the module (rows it makes itself, ``LlamaGenModule``)."""
-    source = next((s for s in (trainer.datamodule, pl_module) if hasattr(s, "calibration")), None)
-    if source is None:
-        raise NumpruneError(
-            f"{who} needs calibration rows: a datamodule or module with calibration() "
-            "(numprune.lit.TextDataModule, numprune.lit.LlamaGenModule)"
-        )
-    windows, info = source.calibration()
+    """This process's shard of the calibration rows, and their description (``PrunableModule.calibration``: the
+    datamodule's windows for text models, the model's own samples for LlamaGen)."""
+    if not isinstance(pl_module, PrunableModule):
+        raise NumpruneError(f"{who} prunes a numprune.lit.PrunableModule, got {type(pl_module).__name__}")
+    windows, info = pl_module.calibration(trainer.datamodule)
     world, rank = trainer.world_size, trainer.global_rank
     if windows.shape[0] < world:
         raise NumpruneError(f"{windows.shape[0]} calibration samples cannot be shared by {world} processes")
@@ -69,8 +68,17 @@ def _check_same_on_every_rank(trainer: L.Trainer, plan: PruningPlan) -> None:
         raise NumpruneError(f"the processes computed different pruning plans ({agree:.0f}/{trainer.world_size} agree)")
 
 
-def _skip(trainer: L.Trainer) -> bool:
-    return trainer.sanity_checking
+def _skip(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+    """Never during the sanity check; and never inside ``trainer.fit``: surgery there would leave the optimizer,
+    built before validation starts, holding the dense tensors."""
+    if trainer.sanity_checking:
+        return True
+    if trainer.state.fn == TrainerFn.FITTING and not getattr(pl_module, "plan_applied", False):
+        raise NumpruneError(
+            "the pruning callbacks prune before evaluation, not inside trainer.fit (the optimizer would keep the "
+            "dense weights): run trainer.validate(module) with them first, then trainer.fit without them"
+        )
+    return False
 
 
 class ScoringCallback(L.Callback):
@@ -82,18 +90,20 @@ class ScoringCallback(L.Callback):
 
     def __init__(self, ratio: float, method: str = "numerical", **options) -> None:
         options.setdefault("progress", False)
-        try:
-            self.cfg = PruneConfig(ratio=ratio, method=method, **options)
-        except TypeError as err:
-            raise NumpruneError(f"ScoringCallback: {err}") from None
+        self.cfg = make_config(ratio, method, **options)
         get_method(method).check(self.cfg)  # unknown method or impossible options: fail now, not after loading
+        # The dense statistics of this model and calibration, when a grid computed them once for all points.
+        self.dense_stats: list | None = None
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if _skip(trainer) or getattr(pl_module, "plan", None) is not None:
+        if _skip(trainer, pl_module) or getattr(pl_module, "plan", None) is not None:
             return  # once per run: a module that has a plan is not scored again
         calib, info = _calibration(trainer, pl_module, "ScoringCallback")
         with torch.inference_mode(False), torch.no_grad():
-            plan, stats = plan_pruning(pl_module.model, calib, self.cfg, calibration_info=info, reduce=_reduce(trainer))
+            plan, stats = plan_pruning(
+                pl_module.model, calib, self.cfg, calibration_info=info, reduce=_reduce(trainer),
+                dense_stats=self.dense_stats,
+            )  # fmt: skip
         _check_same_on_every_rank(trainer, plan)
         pl_module.plan, pl_module.pruning_stats, pl_module.plan_applied = plan, stats, False
         a = plan.achieved
@@ -121,7 +131,7 @@ class CompensationCallback(L.Callback):
         self.plan_path = plan_path
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if _skip(trainer) or getattr(pl_module, "plan_applied", False):
+        if _skip(trainer, pl_module) or getattr(pl_module, "plan_applied", False):
             return
         plan: PruningPlan | None = getattr(pl_module, "plan", None)
         if plan is None:

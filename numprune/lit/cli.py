@@ -1,169 +1,161 @@
-"""``numprune run CONFIG.yaml [--key=value ...]``: a LightningCLI over ``CausalLMModule`` + ``TextDataModule``.
+"""``numprune run CONFIG.yaml [--key=value ...]``: one LightningCLI for every config, text LLMs and LlamaGen.
 
-Overrides use LightningCLI syntax (``--model.model=...``, ``--data.nsamples=32``, ``--trainer.devices=2``,
-``--grid.ratios=[0.5]``). A config lists only what differs from the defaults of the classes below; the paper's
-protocol is the default (128 x 2048 WikiText-2 train calibration; WikiText-2/PTB/C4 perplexity at 2048).
-Every grid point is its own LightningCLI instantiation (a fresh model, datamodule and trainer with the pruning
-callbacks), then ``trainer.validate``; rows are appended by global rank 0 and a rerun skips finished points.
+The module is any ``numprune.lit.PrunableModule`` (default ``CausalLMModule``), the datamodule any
+LightningDataModule (default ``TextDataModule``; ``data: null`` for modules that make their own data, such as
+``LlamaGenModule``). Overrides use LightningCLI syntax everywhere: ``--model.model=...``, ``--data.nsamples=32``,
+``--model.calibration.images_per_class=2``, ``--trainer.devices=2``, ``--grid.ratios=[0.5]``. A config lists only
+what differs from the defaults of the classes. Every grid point is its own instantiation (a fresh model,
+datamodule and trainer with the pruning callbacks), run by ``numprune.runner``.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
-import os
+import re
 import warnings
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+import lightning as L
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
 from numprune.errors import NumpruneError
-from numprune.lit.callbacks import pruning_callbacks, summary_line
-from numprune.lit.data import TextDataModule
-from numprune.lit.experiment import (
-    Evaluator,
-    Grid,
-    RunPoint,
-    expand,
-    is_done,
-    resolve_function,
-    result_rows,
-    run_evaluator,
-    to_point,
-)
-from numprune.lit.module import CausalLMModule
-from numprune.results import append_rows
-from numprune.save import save_pruned
+from numprune.evaluators import Evaluator
 
-log = logging.getLogger("numprune")
-TRAINER_DEFAULTS = {
+TRAINER_DEFAULTS: dict[str, Any] = {
     "devices": 1,  # DDP calibration is opt-in: --trainer.devices=N --trainer.strategy=ddp
     "logger": False,  # rows go to the results CSV and plans next to it; add a logger in a config if wanted
     "enable_checkpointing": False,
     "enable_model_summary": False,
     "enable_progress_bar": False,
     "inference_mode": True,  # the pruning callbacks leave inference mode themselves (see callbacks.py)
-    "use_distributed_sampler": True,  # TextDataModule's ShardSampler is kept as it is (no padding duplicates)
 }
+DEFAULT_CLASSES = {"model": "numprune.lit.CausalLMModule", "data": "numprune.lit.TextDataModule"}
+
+
+@dataclass
+class Grid:
+    """What a config varies. Empty lists mean the config's single value (``model.model``, ``data.nsamples``,
+    ``method``, ``ratio``). ``methods`` names methods or keys of ``variants``; a variant is ``{method: NAME,
+    nsamples: N (optional: pins the calibration size), **PruneConfig fields}``. A model entry is the value of
+    ``model.model`` (a name for text models, a spec mapping for LlamaGen). ``share_dense_stats``: one dense
+    calibration pass per process for all points of a model (identical plans; time rows exclude the pass)."""
+
+    models: list[Any] = field(default_factory=list)
+    nsamples: list[int] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    share_dense_stats: bool = False
 
 
 class NumpruneCLI(LightningCLI):
-    def __init__(self, args: list[str], parse_only: bool = False, **kwargs: Any) -> None:
-        self.parse_only = parse_only  # validate the config without building the model, data or trainer
+    """LightningCLI with numprune's experiment keys; ``callbacks`` are added to the trainer of this run."""
+
+    def __init__(self, args: Sequence[str], callbacks: Sequence[L.Callback] = (), build: str = "all") -> None:
+        # "parse": validate the config only; "classes": module and datamodule (cheap: no weights), no trainer
+        self.build = build
         # ``numprune run`` hands over its own argv (sys.argv stays intact for DDP's re-launch of the command).
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         super().__init__(
-            CausalLMModule,
-            TextDataModule,
-            args=args,
+            L.LightningModule,
+            None,
+            subclass_mode_model=True,
+            args=list(args),
             run=False,
             save_config_callback=None,
             seed_everything_default=0,
-            trainer_defaults=TRAINER_DEFAULTS,
-            **kwargs,
+            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": list(callbacks)},  # Lightning's persistent callbacks
+            parser_kwargs={"exit_on_error": False},  # config errors become one line (config_error)
         )
 
     def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults({k: {"class_path": v} for k, v in DEFAULT_CLASSES.items()})
         parser.add_argument("--experiment", type=str, default="run", help="experiment name in the results rows")
         parser.add_argument("--results", type=str | None, default=None, help="results CSV (None: print rows)")
         parser.add_argument("--method", type=str, default="numerical", help="method of a single run")
         parser.add_argument("--ratio", type=float, default=0.0, help="ratio of a single run (0: dense)")
         parser.add_argument("--label", type=str | None, default=None, help="method label in the CSV")
-        parser.add_argument("--prune", type=dict[str, Any], default={}, help="PruneConfig fields")
+        parser.add_argument("--prune", type=dict[str, Any], default={}, help="PruneConfig fields of every point")
         parser.add_dataclass_arguments(Grid, "grid")
-        parser.add_argument("--evaluate", type=list[Evaluator], default=[], help="evaluations beyond perplexity")
+        parser.add_argument("--evaluate", type=list[Evaluator], default=[], help="evaluations beyond validation")
         parser.add_argument("--save_models", type=bool, default=False, help="save each pruned model by the CSV")
         parser.add_argument("--dry_run", type=bool, default=False, help="list the points and exit")
-        parser.link_arguments("model.model", "data.tokenizer")
 
     def instantiate_classes(self) -> None:
-        if not self.parse_only:
+        if self.build == "all":
             super().instantiate_classes()
-
-    def instantiate_trainer(self, **kwargs: Any):
-        cfg = self.config
-        if cfg.ratio > 0:
-            path = plan_path(cfg, cfg.model.model, cfg.label or cfg.method, cfg.ratio, cfg.data.nsamples)
-            cbs = pruning_callbacks(cfg.ratio, cfg.method, plan_path=path, **cfg.prune)
-            trainer_cfg = self._get(self.config_init, "trainer", default={})
-            kwargs["callbacks"] = [*(trainer_cfg.get("callbacks") or []), *cbs]
-        return super().instantiate_trainer(**kwargs)
+        elif self.build == "classes":
+            self.config_init = self.parser.instantiate_classes(self.config)
+            self.model, self.datamodule, self.trainer = self.config_init.model, self.config_init.get("data"), None
 
 
-def plan_path(cfg, model: str, label: str, ratio: float, nsamples: int) -> str | None:
-    if not cfg.results:
-        return None
-    name = f"{Path(model).name}-{label}-{ratio:g}-n{nsamples}.json"
-    return str(Path(cfg.results).with_suffix("") / "plans" / name)
+@dataclass
+class Run:
+    """The instantiated classes of one point."""
+
+    module: Any
+    datamodule: Any
+    trainer: L.Trainer | None
 
 
-def run_config(config: str, overrides: list[str]) -> list[dict[str, Any]]:
-    """Run (or, with ``--dry_run=true``, list) every point of a config; returns the rows written."""
-    raw = yaml.safe_load(Path(config).read_text()) if Path(config).is_file() else None
-    if isinstance(raw, dict) and raw.get("runner") == "llamagen":
-        from numprune.lit.llamagen_run import run_llamagen
-
-        return run_llamagen(raw, overrides)
-    args = [f"--config={config}", *overrides]
-    cfg = NumpruneCLI(args, parse_only=True).config
-    prune = dict(cfg.prune)
-    points = expand(Grid(**vars(cfg.grid)), cfg.model.model, cfg.method, cfg.ratio, cfg.data.nsamples, prune)
-    evaluators = [Evaluator(**vars(e)) if not isinstance(e, Evaluator) else e for e in cfg.evaluate]
-    data = vars(cfg.data)
-    if cfg.dry_run:
-        return dry_run(cfg, points, evaluators, data)
-    if "ddp" in str(cfg.trainer.strategy) and "LOCAL_RANK" not in os.environ and len(points) > 1:
-        # Lightning's own launcher re-runs the command per Trainer; a grid makes one Trainer per point.
-        raise NumpruneError(
-            "a multi-process grid runs under torchrun: torchrun --nproc_per_node=N -m numprune.cli run "
-            f"{config} --trainer.strategy=ddp --trainer.devices=N ... (docs/distributed.md)"
-        )
-    written: list[dict[str, Any]] = []
-    for p in points:
-        point = to_point(cfg.experiment, p, data)
-        # Every process makes the same decision: rows of a point are written only after its collective run.
-        if is_done(cfg.results, point, evaluators):
-            log.info("numprune run: %s %s %s already in %s, skipped", p.model, p.label, p.ratio, cfg.results)
-            continue
-        written += run_point(args, p, point, evaluators, cfg.results, cfg.save_models)
-    return written
+@functools.cache
+def _parser():
+    """One parser for every config a process parses (building LightningCLI's parser costs more than parsing).
+    Only for parsing: its instantiators belong to the CLI that built it (hyperparameters would be stale)."""
+    return NumpruneCLI([], build="parse").parser
 
 
-def run_point(
-    args: list[str], p: RunPoint, point, evaluators: list[Evaluator], results: str | None, save: bool = False
-) -> list[dict]:
-    cli = NumpruneCLI([*args, *p.overrides()])
-    module, dm, trainer = cli.model, cli.datamodule, cli.trainer
-    trainer.validate(module, datamodule=dm, verbose=False)
-    if module.plan is not None:
-        log.warning("numprune run: %s", summary_line(module.plan))
-        path = plan_path(cli.config, p.model, p.label, p.ratio, p.nsamples)
-        if save and path and trainer.is_global_zero:
-            save_pruned(
-                module.model, Path(path).parent.parent / "models" / Path(path).stem, module.plan, dm.tokenizer, True
-            )
-    extra = [r for ev in evaluators for r in run_evaluator(ev, module.model, dm.tokenizer)]
-    rows = result_rows(point, module, trainer.callback_metrics, dm, extra) if trainer.is_global_zero else []
-    if rows and results:
-        append_rows(results, rows)
-    elif rows:
-        print(json.dumps(rows, default=str))
-    return rows
+def instantiate(args: Sequence[str], callbacks: Sequence[L.Callback] = (), trainer: bool = True) -> Run:
+    """Module, datamodule and (unless ``trainer=False``) trainer of one point; models load later, in
+    ``configure_model``."""
 
 
-def dry_run(cfg, points: list[RunPoint], evaluators: list[Evaluator], data: dict) -> list[dict[str, Any]]:
-    """Print the points (and whether they are done) and check that every evaluator can be imported."""
-    for ev in evaluators:
-        try:
-            resolve_function(ev.function)
-            status = "available"
-        except NumpruneError as err:
-            status = f"NOT AVAILABLE: {err}"
-        print(f"evaluator {ev.name}: {ev.function} ({status})")
-    for p in points:
-        done = is_done(cfg.results, to_point(cfg.experiment, p, data), evaluators)
-        print(f"{'done' if done else 'todo'}  {' '.join(p.overrides())}")
-    print(f"{len(points)} points, experiment {cfg.experiment}, results {cfg.results}")
-    return []
+    # "GPU available: False ...", "Seed set to 0" once per point of a grid are noise
+    quiet = [logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.WARNING)
+    try:
+        cli = NumpruneCLI(args, callbacks, build="all" if trainer else "classes")
+    except ArgumentError as err:
+        raise config_error(err) from None
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+    return _checked(Run(cli.model, cli.datamodule, cli.trainer))
+
+
+def _checked(run: Run) -> Run:
+    from numprune.lit.data import TextDataModule
+    from numprune.lit.module import PrunableModule
+
+    if not isinstance(run.module, PrunableModule):
+        raise NumpruneError(f"model: {type(run.module).__name__} is not a numprune.lit.PrunableModule")
+    if isinstance(run.datamodule, TextDataModule) and run.datamodule.tokenizer_name is None:
+        run.datamodule.tokenizer_name = getattr(run.module, "model_name", None)  # the model's own tokenizer
+    return run
+
+
+def parse(args: Sequence[str]):
+    """The parsed config (no class is built); a wrong key or value ends in one ``NumpruneError`` line."""
+    try:
+        return _parser().parse_args(list(args))
+    except ArgumentError as err:
+        raise config_error(err) from None
+
+
+_NOISE = ("Does not validate", "Subtypes:", "Errors:", "- Problem with", "Given value", "- Expected a <class 'NoneT")
+
+
+def config_error(err: Exception) -> NumpruneError:
+    """jsonargparse's nested report as one line: the key path and the innermost reason."""
+    text = str(err)
+    keys = re.findall(r'Parser key "([^"]+)"', text)
+    reasons = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(_NOISE)]
+    reasons = [r for r in reasons if not r.startswith("Parser key")]
+    where = ".".join(keys) + ": " if keys else ""
+    return NumpruneError(f"config: {where}{reasons[-1] if reasons else text.splitlines()[0]}")

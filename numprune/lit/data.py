@@ -8,30 +8,16 @@ the padding duplicates of Lightning's default sampler, so window and token count
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from numprune.data import calibration_windows, eval_windows, load_corpus
 from numprune.errors import NumpruneError
 
 DEFAULT_EVALS = ("wikitext2", "ptb", "c4")  # the paper's perplexity sets
-
-
-class ShardSampler(DistributedSampler):
-    """Indices ``rank, rank + world, ...``: no padding, no shuffling (Lightning keeps a DistributedSampler)."""
-
-    def __init__(self, size: int, rank: int, world: int) -> None:
-        self.size, self.rank, self.num_replicas = size, rank, world
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.size, self.num_replicas))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.size, self.num_replicas))
 
 
 def load_tokenizer(name: str):
@@ -51,7 +37,8 @@ class TextDataModule(L.LightningDataModule):
     C4 at 2048, non-overlapping; C4: 256 seeded random windows).
 
     Args:
-        tokenizer: model alias, hub ID or folder whose tokenizer to use (the CLI links it to ``model.model``).
+        tokenizer: model alias, hub ID or folder whose tokenizer to use (None: the module's model, set by
+            ``numprune.lit.cli.instantiate``).
         calib: ``NAME[:SPLIT]`` (default split ``train``) or a text file.
         nsamples, seqlen, seed: calibration windows, drawn at seeded random positions.
         evals: evaluation sets ``NAME[:SPLIT]`` (default split ``test``; C4 ``validation``) or text files.
@@ -62,7 +49,7 @@ class TextDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        tokenizer: str = "smollm2",
+        tokenizer: str | None = None,
         calib: str = "wikitext2",
         nsamples: int = 128,
         seqlen: int = 2048,
@@ -87,6 +74,8 @@ class TextDataModule(L.LightningDataModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
+            if self.tokenizer_name is None:
+                raise NumpruneError("TextDataModule has no tokenizer: pass tokenizer= (a model alias or folder)")
             self._tokenizer = load_tokenizer(self.tokenizer_name)
         return self._tokenizer
 
@@ -116,8 +105,9 @@ class TextDataModule(L.LightningDataModule):
     def _loader(self, windows: Tensor) -> DataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ShardSampler(len(windows), rank, world)
-        return DataLoader(TensorDataset(windows), batch_size=self.hparams.batch_size, sampler=sampler)
+        data = TensorDataset(windows)
+        sampler = UnrepeatedDistributedSampler(data, num_replicas=world, rank=rank, shuffle=False)  # no padding
+        return DataLoader(data, batch_size=self.hparams.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(self.eval_set(name)[0]) for name in self.evals]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from numprune.adapters.llamagen import LlamaGenAdapter
-from numprune.models.rope import apply_rope_2d, rope_2d_table
+from numprune.llamagen.rope import apply_rope_2d, rope_2d_table
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -30,7 +30,7 @@ def find_multiple(n: int, k: int) -> int:
 
 
 @dataclass
-class LlamaGenConfig:
+class GPTConfig:
     dim: int = 4096
     n_layer: int = 32
     n_head: int = 32
@@ -82,11 +82,11 @@ CONFIGS: dict[str, dict[str, int]] = {
 }
 
 
-def llamagen_config(name: str, image_size: int = 384, downsample: int = 16, **overrides) -> LlamaGenConfig:
+def gpt_config(name: str, image_size: int = 384, downsample: int = 16, **overrides) -> GPTConfig:
     if name not in CONFIGS:
         raise KeyError(f"unknown LlamaGen model {name!r}; available: {', '.join(CONFIGS)}")
     grid = image_size // downsample
-    return LlamaGenConfig(**{**CONFIGS[name], "block_size": grid * grid, **overrides})
+    return GPTConfig(**{**CONFIGS[name], "block_size": grid * grid, **overrides})
 
 
 class RMSNorm(nn.Module):
@@ -167,7 +167,7 @@ class EmptyBlock(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: LlamaGenConfig, n_head: int, ffn_dim: int) -> None:
+    def __init__(self, cfg: GPTConfig, n_head: int, ffn_dim: int) -> None:
         super().__init__()
         self.dim, self.head_dim = cfg.dim, cfg.head_dim
         self.attention = Attention(cfg.dim, n_head, cfg.head_dim, cfg.output_bias)
@@ -215,7 +215,7 @@ class LabelEmbedder(nn.Module):
 class LlamaGen(nn.Module):
     """Class-conditional LlamaGen GPT. ``forward(tokens [B, S], input_pos [S]) -> logits [B, S, vocab]`` (fp32)."""
 
-    def __init__(self, cfg: LlamaGenConfig) -> None:
+    def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.config = cfg
         self.cls_embedding = LabelEmbedder(cfg.num_classes, cfg.dim)
@@ -290,8 +290,8 @@ class LlamaGen(nn.Module):
         return self.output(self.norm(h)).float()
 
 
-def build_llamagen(
-    cfg: LlamaGenConfig,
+def build_gpt(
+    cfg: GPTConfig,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     seed: int | None = 0,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from numprune.models.checkpoint import load_checked_, read_state_dict
+from numprune.llamagen.state_dict import load_checked_, read_state_dict
 
 
 @dataclass

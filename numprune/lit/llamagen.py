@@ -2,9 +2,9 @@
 
 The same pattern as ``CausalLMModule``: the models are loaded in ``configure_model``; the scoring and compensation
 callbacks (``numprune.lit.callbacks``) take their calibration rows from ``calibration()`` (here: the model's own
-samples, ``numprune.llamagen.calibration_tokens``) and store the plan on the module before validation runs.
+samples, ``numprune.llamagen.sampling.calibration_tokens``) and store the plan on the module before validation runs.
 
-Validation: one batch of class ids per step, sampled with CFG exactly as ``numprune.llamagen.generate_images``
+Validation: one batch of class ids per step, sampled with CFG exactly as ``numprune.llamagen.sampling.generate_images``
 (batch ``j`` seeded with ``seed + j``, so the images do not depend on what ran before), decoded by the VQ; at the
 end of the epoch FID / sFID / IS / precision / recall against the real set (``numprune.eval.image_metrics``),
 logged as ``val/fid``, ``val/sfid``, ``val/is``, ``val/precision``, ``val/recall``, ``val/num_generated``.
@@ -16,59 +16,53 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 
+from numprune.config import DTYPE_NAMES, parse_dtype
 from numprune.errors import NumpruneError
-from numprune.lit.llamagen_config import CalibrationSpec, GenerationSpec, GPTSpec, MetricsSpec, VQSpec, class_ids
-from numprune.llamagen import balanced_classes, calibration_tokens, generate_tokens, save_pngs, tokens_to_images
-from numprune.plan import PruningPlan
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-SAMPLING_KEYS = ("cfg_scale", "temperature", "top_k", "top_p")
-
-
-def load_gpt(spec: GPTSpec, image_size: int, dtype: torch.dtype):
-    """The GPT of a grid entry: an official checkpoint, or random weights (``random_init``, tests)."""
-    from numprune.models.llamagen import build_llamagen, llamagen_config
-    from numprune.models.llamagen_io import load_official_gpt
-
-    if spec.checkpoint is not None and not spec.random_init:
-        return load_official_gpt(spec.checkpoint, spec.gpt_model, image_size, dtype=dtype, **spec.config)
-    model = build_llamagen(llamagen_config(spec.gpt_model, image_size, **spec.config), dtype=dtype, seed=spec.seed)
-    model.config._name_or_path = f"random:{spec.name}"
-    return model.eval()
-
-
-def load_vq(spec: VQSpec):
-    from numprune.models.vq import VQConfig, VQModel, load_official_vq
-
-    cfg = VQConfig(**spec.config)
-    if spec.checkpoint is not None and not spec.random_init:
-        return load_official_vq(spec.checkpoint, cfg)
-    with torch.random.fork_rng():
-        torch.manual_seed(spec.seed)
-        return VQModel(cfg).eval()
+from numprune.eval.image_metrics import score_images
+from numprune.lit.llamagen_specs import (
+    METRIC_NAMES,
+    SAMPLING_KEYS,
+    CalibrationSpec,
+    GenerationSpec,
+    GPTSpec,
+    MetricsSpec,
+    VQSpec,
+    class_ids,
+    gpt_config_of,
+    load_gpt,
+    load_vq,
+)
+from numprune.lit.module import PrunableModule
+from numprune.llamagen.sampling import (
+    balanced_classes,
+    calibration_tokens,
+    generate_tokens,
+    save_pngs,
+    tokens_to_images,
+)
 
 
-class LlamaGenModule(L.LightningModule):
+class LlamaGenModule(PrunableModule):
     """Wraps a LlamaGen GPT (``self.model``, what the pruning callbacks prune) and its VQ decoder (``self.vq``).
 
     Args:
-        gpt, vq: what to load (``numprune.lit.llamagen_config.GPTSpec`` / ``VQSpec``).
-        calibration, generation, metrics: the config sections of the same names.
+        model, vq: what to load (``numprune.lit.llamagen_specs.GPTSpec`` / ``VQSpec``).
+        calibration, generation, metrics: how calibration rows and evaluation images are sampled and scored.
         image_size: generation resolution (tokens ``(image_size / 16)^2``); ``eval_size``: resize for metrics.
         precision: the GPT's weights (the VQ stays fp32).
-        sample_dir: where PNGs / the ADM ``.npz`` go when ``generation.save_png`` / ``save_npz``.
+        sample_dir: where PNGs / the ADM ``.npz`` go when ``generation.save_png`` / ``save_npz`` (the runner sets
+            it next to the results).
         calibration_cache: a file keeping the calibration rows of this model and these settings (generating
             128 images per class costs as much as the evaluation; every method and ratio reuses them).
     """
 
     def __init__(
         self,
-        gpt: GPTSpec,
+        model: GPTSpec,
         vq: VQSpec | None = None,
         calibration: CalibrationSpec | None = None,
         generation: GenerationSpec | None = None,
@@ -80,37 +74,36 @@ class LlamaGenModule(L.LightningModule):
         calibration_cache: str | None = None,
     ) -> None:
         super().__init__()
-        if precision not in DTYPES:
-            raise NumpruneError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
-        self.gpt_spec, self.vq_spec = gpt, vq or VQSpec()
+        if precision not in DTYPE_NAMES:
+            raise NumpruneError(f"precision must be one of {', '.join(DTYPE_NAMES)}, got {precision!r}")
+        self.gpt_spec, self.vq_spec = model, vq or VQSpec()
         self.calib_spec, self.gen_spec = calibration or CalibrationSpec(), generation or GenerationSpec()
         self.metrics_spec = metrics or MetricsSpec()
         unknown = set(self.calib_spec.sampling) - set(SAMPLING_KEYS)
         if unknown:
             raise NumpruneError(f"calibration.sampling: unknown keys {sorted(unknown)}; known: {SAMPLING_KEYS}")
+        unknown = set(self.metrics_spec.names) - set(METRIC_NAMES)
+        if unknown:
+            raise NumpruneError(f"metrics.names: unknown metrics {sorted(unknown)}; known: {METRIC_NAMES}")
         self.save_hyperparameters()
         self.image_size, self.eval_size, self.dtype_name = image_size, eval_size, precision
         self.sample_dir, self.calibration_cache = sample_dir, calibration_cache
-        self.model: torch.nn.Module | None = None
         self.vq: torch.nn.Module | None = None
-        self.plan: PruningPlan | None = None  # set by ScoringCallback (or by hand: PruningPlan.load)
-        self.plan_applied = False  # set by CompensationCallback
-        self.pruning_stats: list | None = None
         self.calibration_seconds = 0.0
         self.scores: dict[str, float] = {}  # the last validation's metrics, full precision (for result rows)
         self._calib: tuple[Tensor, dict] | None = None
         self._images: list[np.ndarray] = []
 
     @classmethod
-    def from_models(cls, model, vq, gpt: GPTSpec | None = None, **kwargs: Any) -> LlamaGenModule:
+    def from_models(cls, model, vq, spec: GPTSpec | None = None, **kwargs: Any) -> LlamaGenModule:
         """Wrap already built models (tests, notebooks)."""
-        module = cls(gpt or GPTSpec(name=str(getattr(model.config, "_name_or_path", "in-memory"))), **kwargs)
+        module = cls(spec or GPTSpec(name=str(getattr(model.config, "_name_or_path", "in-memory"))), **kwargs)
         module.model, module.vq = model, vq
         return module
 
     def configure_model(self) -> None:
         if self.model is None:  # called by every trainer.validate/fit: load once
-            self.model = load_gpt(self.gpt_spec, self.image_size, DTYPES[self.dtype_name])
+            self.model = load_gpt(self.gpt_spec, self.image_size, parse_dtype(self.dtype_name))
         if self.vq is None:
             self.vq = load_vq(self.vq_spec)
 
@@ -123,7 +116,7 @@ class LlamaGenModule(L.LightningModule):
         classes = class_ids(c.classes, num_classes, "calibration.classes")
         return {"classes": classes, "per_class": c.images_per_class, "seed": c.seed, **sampling}
 
-    def calibration(self) -> tuple[Tensor, dict]:
+    def calibration(self, datamodule: Any = None) -> tuple[Tensor, dict]:
         """All calibration rows ``[images_per_class * classes, block_size]`` (made once per module, by the dense
         model) and how they were made (stored in the plan and the result rows)."""
         if self._calib is None:
@@ -204,7 +197,11 @@ class LlamaGenModule(L.LightningModule):
             return
         images = np.concatenate(self._images)
         self._save_samples(images)
-        self.scores = score_images(images, self.metrics_spec, self.device)
+        m = self.metrics_spec
+        self.scores = score_images(
+            images, m.reference, m.names, m.inception_weights, m.batch_size, m.isc_splits, m.prc_neighborhood,
+            self.device,
+        )  # fmt: skip
         for name, value in self.scores.items():
             self.log(f"val/{name}", value, rank_zero_only=True)
 
@@ -217,42 +214,73 @@ class LlamaGenModule(L.LightningModule):
             Path(self.sample_dir).parent.mkdir(parents=True, exist_ok=True)
             np.savez(f"{self.sample_dir}.npz", arr_0=images)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.plan is not None:  # the plan travels with the run (shapes of the pruned state dict)
-            checkpoint["pruning_plan"] = self.plan.to_dict()
-            checkpoint["pruning_plan_applied"] = self.plan_applied
+    # --- what the runner asks ----------------------------------------------------------------------------
+    def preflight(self, datamodule: Any = None) -> list[str]:
+        problems = []
+        files = [(f"model[{self.gpt_spec.name}].checkpoint", self.gpt_spec.checkpoint, self.gpt_spec.random_init)]
+        files += [("vq.checkpoint", self.vq_spec.checkpoint, self.vq_spec.random_init)]
+        files += [("metrics.reference", self.metrics_spec.reference, False)]
+        if self.metrics_spec.inception_weights is not None:
+            files.append(("metrics.inception_weights", self.metrics_spec.inception_weights, False))
+        for what, path, random_init in files:
+            if random_init:
+                continue
+            if path is None:
+                problems.append(f"{what} is null (give a path, or random_init: true for a test model)")
+            elif not Path(path).exists():
+                problems.append(f"{what} {path} does not exist")
+        try:
+            num_classes = gpt_config_of(self.gpt_spec, self.image_size).num_classes
+            class_ids(self.calib_spec.classes, num_classes, "calibration.classes")
+            n = len(class_ids(self.gen_spec.classes, num_classes, "generation.classes"))
+        except (NumpruneError, KeyError, TypeError, ValueError) as err:
+            return [*problems, f"model[{self.gpt_spec.name}]: {err}"]
+        if self.gen_spec.num_samples % n:
+            problems.append(f"generation.num_samples {self.gen_spec.num_samples} is not a multiple of {n} classes")
+        return problems
 
+    def run_context(self, datamodule: Any = None) -> dict[str, Any]:
+        from numprune.results import file_hash
 
-# The real side is the same for every point of a grid (ADM: 10k reference images for P/R); the Inception and
-# the reference features are kept for the process, keyed by file, modification time, weights and device.
-_EXTRACTOR: dict[tuple, torch.nn.Module] = {}
-_REFERENCE: dict[tuple, tuple] = {}
+        mc, c = gpt_config_of(self.gpt_spec, self.image_size), self.calib_spec
+        n = len(class_ids(c.classes, mc.num_classes, "calibration.classes"))
+        ckpt = self.gpt_spec.checkpoint
+        return {
+            "model": self.gpt_spec.name,
+            "model_hash": file_hash(ckpt) if ckpt and not self.gpt_spec.random_init and Path(ckpt).is_file() else "",
+            "seed": self.gen_spec.seed,
+            "calib_dataset": f"{c.source}:{c.images_per_class}x{n}",
+            "calib_nsamples": c.images_per_class * n,
+            "calib_seqlen": mc.block_size,
+        }
 
+    def planned_rows(self, datamodule: Any = None) -> list[dict[str, Any]]:
+        eval_dataset = f"{Path(self.metrics_spec.reference).stem}:{self.gen_spec.num_samples}"
+        return [{"eval_dataset": eval_dataset, "eval_seqlen": self.eval_size or "", "metric": m}
+                for m in self.metrics_spec.names]  # fmt: skip
 
-def score_images(images: np.ndarray, spec: MetricsSpec, device: torch.device | str = "cpu") -> dict[str, float]:
-    """``numprune.eval.image_metrics.compute_metrics`` with the Inception and the reference features cached."""
-    from numprune.eval.image_metrics import extract_features, load_inception, load_reference, metrics_from_features
+    def measured_rows(self, datamodule: Any = None) -> list[dict[str, Any]]:
+        from numprune.results import portable
 
-    weights = None if spec.inception_weights is None else str(Path(spec.inception_weights).resolve())
-    key = (weights, str(device))
-    if key not in _EXTRACTOR:
-        _EXTRACTOR.clear()
-        _EXTRACTOR[key] = load_inception(weights, device)
-    net = _EXTRACTOR[key]
-    ref_path = Path(spec.reference).resolve()
-    needs_real = bool({"precision", "recall"} & set(spec.names))
-    ref_key = (str(ref_path), ref_path.stat().st_mtime_ns, *key, needs_real)
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # as compute_metrics
-    try:
-        if ref_key not in _REFERENCE:
-            ref = load_reference(ref_path)
-            real = extract_features(ref.images, net, spec.batch_size) if needs_real or ref.stats is None else None
-            _REFERENCE.clear()
-            _REFERENCE[ref_key] = (ref.stats, real)
-        stats, real = _REFERENCE[ref_key]
-        gen = extract_features(images, net, spec.batch_size)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    out = metrics_from_features(gen, real, stats, spec.names, spec.isc_splits, False, spec.prc_neighborhood)
-    return {k: float(v) for k, v in out.items()}
+        g = self.gen_spec
+        sampling = f"cfg={self.gpt_spec.cfg_scale} temperature={g.temperature} top_k={g.top_k} top_p={g.top_p}"
+        common = {"eval_source": f"{portable(self.metrics_spec.reference)} {sampling}",
+                  "eval_windows": int(self.scores.get("num_generated", 0))}  # fmt: skip
+        rows = [{**r, **common, "value": self.scores[r["metric"]]} for r in self.planned_rows()]
+        if self.plan is not None and self.calibration_seconds:  # 0: the calibration rows came from the cache
+            rows.append({**rows[0], "metric": "calib_generate_seconds", "value": self.calibration_seconds})
+        return rows
+
+    def save_pruned_model(self, path: Path, datamodule: Any = None) -> None:
+        from numprune.llamagen.checkpoint import save_llamagen
+
+        save_llamagen(self.model, path, plan=self.plan, overwrite=True)
+
+    def set_output(self, folder: Path | None, stem: str) -> None:
+        if folder is None:
+            return
+        self.sample_dir = str(folder / "samples" / stem)
+        c = self.calib_spec
+        self.calibration_cache = str(
+            folder / "calibration" / f"{self.gpt_spec.name}-{c.source}-{c.images_per_class}-seed{c.seed}.pt"
+        )

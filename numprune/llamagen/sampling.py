@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from numprune.models.llamagen import LlamaGen
-from numprune.models.vq import VQModel
+from numprune.llamagen.gpt import LlamaGen
+from numprune.llamagen.vq import VQModel
 
 
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:

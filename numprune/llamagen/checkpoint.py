@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from numprune.models.checkpoint import load_checked_, read_state_dict
-from numprune.models.llamagen import LlamaGen, LlamaGenConfig, llamagen_config
+from numprune.llamagen.gpt import GPTConfig, LlamaGen, gpt_config
+from numprune.llamagen.state_dict import load_checked_, read_state_dict
 from numprune.plan import PruningPlan
 from numprune.save import PLAN_FILE, atomic_directory
 
@@ -33,14 +33,14 @@ def load_official_gpt(
 ) -> LlamaGen:
     """Build ``name`` (``GPT-B`` ... ``GPT-3B``, or any config via ``overrides``) and load an official c2i
     checkpoint (bare FSDP state dict or ``{"model": ...}``), refusing missing or unexpected keys."""
-    cfg = llamagen_config(name, image_size=image_size, **overrides)
+    cfg = gpt_config(name, image_size=image_size, **overrides)
     model = load_gpt_state(cfg, read_state_dict(source, trusted=trusted), device=device, dtype=dtype)
     model.config._name_or_path = str(source) if isinstance(source, (str, Path)) else name  # for the plan / rows
     return model
 
 
 def load_gpt_state(
-    cfg: LlamaGenConfig,
+    cfg: GPTConfig,
     state_dict: Mapping[str, Tensor],
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
@@ -52,8 +52,8 @@ def load_gpt_state(
     return model.to(device).eval()
 
 
-def _rope_of(cfg: LlamaGenConfig) -> Tensor:
-    from numprune.models.rope import rope_2d_table
+def _rope_of(cfg: GPTConfig) -> Tensor:
+    from numprune.llamagen.rope import rope_2d_table
 
     return rope_2d_table(cfg.grid_size, cfg.head_dim, cfg.rope_base, cfg.cls_token_num)
 
@@ -83,5 +83,5 @@ def load_llamagen(path: str | Path, device: torch.device | str = "cpu", dtype: t
     path = Path(path)
     fields = json.loads((path / CONFIG_FILE).read_text())
     fields.pop("architecture", None)
-    cfg = LlamaGenConfig(**fields)
+    cfg = GPTConfig(**fields)
     return load_gpt_state(cfg, read_state_dict(path / WEIGHTS_FILE), device=device, dtype=dtype)
