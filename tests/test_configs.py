@@ -110,10 +110,13 @@ def points_of(name: str) -> list[list]:
     return out
 
 
-@pytest.mark.parametrize("name", sorted(json.loads((Path(__file__).parent / "data" / "config_points.json").read_text())))
+BEFORE = json.loads((Path(__file__).parent / "data" / "config_points.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
 def test_configs_list_the_same_points_as_before_the_runner_merge(name):
     """tests/data/config_points.json: the points every config had under the three former runners."""
-    before = json.loads((Path(__file__).parent / "data" / "config_points.json").read_text())[name]
+    before = BEFORE[name]
     assert points_of(name) == before
 
 

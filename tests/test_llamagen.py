@@ -12,12 +12,12 @@ import torch
 
 from numprune import NumpruneError, prune_
 from numprune.adapters import get_adapter
-from numprune.llamagen.sampling import calibration_tokens, filter_logits, generate_images, generate_tokens
-from numprune.methods import METHODS, Method
-from numprune.llamagen.gpt import LlamaGen, GPTConfig, build_gpt, gpt_config
 from numprune.llamagen.checkpoint import load_llamagen, load_official_gpt, official_state_dict, save_llamagen
+from numprune.llamagen.gpt import GPTConfig, LlamaGen, build_gpt, gpt_config
 from numprune.llamagen.rope import apply_rope_2d, rope_2d_table
+from numprune.llamagen.sampling import calibration_tokens, filter_logits, generate_images, generate_tokens
 from numprune.llamagen.vq import VQConfig, VQModel, load_official_vq
+from numprune.methods import METHODS, Method
 
 torch.set_num_threads(1)
 

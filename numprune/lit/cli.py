@@ -113,7 +113,6 @@ def instantiate(args: Sequence[str], callbacks: Sequence[L.Callback] = (), train
     """Module, datamodule and (unless ``trainer=False``) trainer of one point; models load later, in
     ``configure_model``."""
 
-
     # "GPU available: False ...", "Seed set to 0" once per point of a grid are noise
     quiet = [logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed")]
     levels = [q.level for q in quiet]
