@@ -17,7 +17,8 @@ import os
 import torch
 
 from numprune.config import PruneConfig
-from numprune.runner import Runner, text_point
+from numprune.points import text_point
+from numprune.runner import Runner
 
 RATIOS = (0.2, 0.4)
 # One-factor ablations start from the paper's reading (whole KV groups, compensation from the dense pass) with

@@ -119,7 +119,7 @@ def merge_rounds(runs: list[dict]) -> dict:
 
 def rows_for(args, spec: dict, res: dict, dense: dict, plan) -> list[dict]:
     from numprune.eval.speed import limit_speedup
-    from numprune.prune import library_versions
+    from numprune.provenance import library_versions
     from numprune.results import git_commit
 
     base = {"experiment": "speed", "model": args.config or args.model, "method": "dense" if not spec["ratio"] else

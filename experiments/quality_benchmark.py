@@ -20,7 +20,8 @@ import os
 
 import torch
 
-from numprune.runner import run_points, text_point
+from numprune.points import text_point
+from numprune.runner import run_points
 
 RATIOS = (0.2, 0.4, 0.1, 0.3, 0.5)  # in this order, so that a partial grid has the ablation ratios first
 TIMED_RATIO = 0.2  # this point of each method runs the full pipeline; the others share one dense pass

@@ -14,7 +14,8 @@ import os
 
 import torch
 
-from numprune.runner import run_points, text_point
+from numprune.points import text_point
+from numprune.runner import run_points
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
 # The paper's reading, as the defaults were when this table was made: whole KV groups, compensation from the

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -119,7 +120,7 @@ def run_eval(args: argparse.Namespace) -> None:
     from numprune.data import eval_windows, load_corpus
     from numprune.eval.perplexity import perplexity
     from numprune.hub import load_model
-    from numprune.prune import count_params
+    from numprune.provenance import count_params
 
     corpus = load_corpus(args.dataset, args.data_dir)
     model, tok = load_model(args.model, dtype=_dtype(args.dtype), device=args.device)
@@ -139,11 +140,77 @@ def run_eval(args: argparse.Namespace) -> None:
     )
 
 
-@command("zeroshot")
-def _add_zeroshot(sub: argparse._SubParsersAction) -> None:
-    from numprune.eval.zeroshot import add_zeroshot_command
+def _shots(items: list[str] | None) -> dict[str, int]:
+    from numprune.eval.lm_tasks import parse_tasks
 
-    add_zeroshot_command(sub)
+    out = {}
+    for item in items or []:
+        task, sep, k = item.partition("=")
+        if not sep or not k.isdigit():
+            raise NumpruneError(f"--num-fewshot takes TASK=K, got {item!r}")
+        out[parse_tasks(task)[0]] = int(k)
+    return out
+
+
+@command("zeroshot")
+def _add_zeroshot(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from numprune.eval import zeroshot
+
+    p = subparsers.add_parser(
+        "zeroshot",
+        help="zero-shot accuracy through lm-eval (Table 2/8/9)",
+        description=zeroshot.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="smollm2, a hub id, or a (pruned) model directory")
+    p.add_argument("--tasks", default="paper", help="comma list; aliases: paper (the 7), all, arc_e, arc_c, obqa")
+    p.add_argument("--limit", type=float, default=None, help="documents per task (int) or fraction (<1)")
+    p.add_argument("--data-dir", default=None, help="local task files (see numprune/eval/lm_tasks.py)")
+    p.add_argument("--include-path", default=None, help="extra lm-eval task YAMLs (override registered ones)")
+    p.add_argument("--num-fewshot", nargs="*", metavar="TASK=K", help="shot counts (default: mmlu=5 gsm8k=5)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", default=None, help="append rows to this results CSV")
+    p.add_argument("--experiment", default="zeroshot")
+    p.set_defaults(func=run_zeroshot_command)
+    return p
+
+
+def run_zeroshot_command(args: argparse.Namespace) -> int:
+    """Load the model, evaluate, print one JSON line per task, optionally append to the results CSV."""
+    from numprune.eval.zeroshot import evaluate_zeroshot, result_rows
+    from numprune.hub import load_model, resolve
+    from numprune.results import append_rows, file_hash
+    from numprune.save import load_plan
+
+    dtype = _dtype(args.dtype)
+    limit = None if args.limit is None else int(args.limit) if args.limit >= 1 else args.limit
+    model, tok = load_model(args.model, dtype=dtype, device=args.device)
+    path = Path(resolve(args.model))
+    plan = load_plan(path) if path.is_dir() else None
+    scores = evaluate_zeroshot(
+        model,
+        tok,
+        args.tasks,
+        data_dir=args.data_dir,
+        include_path=args.include_path,
+        limit=limit,
+        num_fewshot=_shots(args.num_fewshot),
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    for s in scores:
+        print(json.dumps(asdict(s), sort_keys=True), file=sys.stdout, flush=True)
+    if args.results:
+        append_rows(
+            args.results,
+            result_rows(
+                scores, model=args.model, model_hash=file_hash(path), plan=plan, limit=limit, experiment=args.experiment
+            ),
+        )
+    return 0
 
 
 @command("run")

@@ -123,20 +123,3 @@ def make_config(ratio: float, method: str = "numerical", **options: Any) -> Prun
     if unknown:
         raise NumpruneError(f"unknown option {', '.join(unknown)}; PruneConfig fields: {', '.join(sorted(known))}")
     return PruneConfig(ratio=ratio, method=method, **options)
-
-
-# Fields that do not change what a run computes (how it reports progress): left out of result rows' options.
-NOT_RECORDED = ("ratio", "method", "progress")
-
-
-def effective_options(ratio: float, method: str = "numerical", **options: Any) -> dict[str, Any]:
-    """Every ``PruneConfig`` field of a run after the method's defaults are filled in: what a result row
-    records, so that no row depends on the defaults of the day it was written."""
-    from numprune.methods import get_method
-
-    cfg = make_config(ratio, method, **options)
-    meth = get_method(method)
-    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RECORDED}
-    out["allocation"] = cfg.allocation or meth.default_allocation
-    out["head_scaling"] = cfg.head_scaling or meth.default_head_scaling
-    return out

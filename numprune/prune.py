@@ -7,7 +7,6 @@ repair (compensation from the dense statistics, or re-propagated sequentially) -
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import resource
 import time
 
@@ -17,23 +16,15 @@ from torch import Tensor, nn
 from numprune.adapters import Adapter, get_adapter
 from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats, Reduce, check_calibration
-from numprune.config import PruneConfig, effective_options, make_config
+from numprune.config import PruneConfig, make_config
 from numprune.errors import NumpruneError
-from numprune.methods import LayerScores, Method, get_method
+from numprune.methods import LayerScores, Method, effective_options, get_method
 from numprune.passes import apply_pass, dense_statistics, score_pass, sequential_score_pass, streaming_statistics
 from numprune.plan import LayerPlan, PruningPlan
+from numprune.provenance import check_plan_matches, config_of, count_params, library_versions, model_fingerprint
 from numprune.select import LayerUnits, Selection, attention_units, gqa_mode, kept_heads, select_units
 
 __all__ = ["PruneConfig", "Reduce", "apply_plan_", "count_params", "dense_statistics", "plan_pruning", "prune_"]
-
-
-def unique_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters counted once (tied embeddings share one tensor)."""
-    return list({id(p): p for p in model.parameters()}.values())
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in unique_parameters(model))
 
 
 def _peak_memory(device: torch.device) -> dict[str, float]:
@@ -271,44 +262,6 @@ def _given(cfg: PruneConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ratio", "method")}
 
 
-def config_of(plan: PruningPlan) -> PruneConfig:
-    """The ``PruneConfig`` a plan was made with."""
-    known = {f.name for f in dataclasses.fields(PruneConfig)}
-    return PruneConfig(ratio=plan.ratio, method=plan.method, **{k: v for k, v in plan.options.items() if k in known})
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """Short hash of a strided sample of every output projection's weights: tells two same-shaped models apart."""
-    adapter = get_adapter(model)
-    h = hashlib.sha256()
-    for layer in adapter.layers(model):
-        for proj in adapter.out_projections(layer):
-            if proj is not None:
-                w = proj.weight.detach().reshape(-1)
-                h.update(w[:: max(1, w.numel() // 256)].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def check_plan_matches(model: nn.Module, plan: PruningPlan) -> None:
-    """Refuse a plan that was made for another model: layer count, dense shapes, weight fingerprint."""
-    adapter = get_adapter(model)
-    shapes = [adapter.geometry(layer).shape for layer in adapter.layers(model)]
-    name = plan.model.get("name_or_path") or "another model"
-    if len(shapes) != plan.num_layers or shapes != plan.dense_shapes:
-        diff = next((i for i, (a, b) in enumerate(zip(shapes, plan.dense_shapes)) if a != b), None)
-        where = f"layer {diff}: model {shapes[diff]}, plan {plan.dense_shapes[diff]}" if diff is not None else ""
-        raise NumpruneError(
-            f"the pruning plan was made for {name} ({plan.num_layers} layers) and does not fit this model "
-            f"({len(shapes)} layers) {where}".strip()
-        )
-    expected = plan.model.get("fingerprint")
-    if expected and expected != model_fingerprint(model):
-        raise NumpruneError(
-            f"the pruning plan was made for {name} (weight fingerprint {expected}); this model's weights differ "
-            f"({model_fingerprint(model)}): score this model, or load the model the plan was made for"
-        )
-
-
 def _compute_device(model: nn.Module, cfg: PruneConfig, reset_peak: bool = False) -> torch.device:
     device = torch.device(cfg.device) if cfg.device else next(model.parameters()).device
     if reset_peak and device.type == "cuda":
@@ -327,11 +280,3 @@ def _check_reached(sel: Selection, cfg: PruneConfig, layers: list[LayerUnits], a
             f"ratio {cfg.ratio} would empty a layer (reached {achieved:.4f} with min_heads={cfg.min_heads}, "
             f"min_channels={cfg.min_channels}); lower the ratio or allow empty layers with min 0"
         )
-
-
-def library_versions() -> dict[str, str]:
-    import transformers
-
-    from numprune import __version__
-
-    return {"numprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__}

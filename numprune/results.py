@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +170,60 @@ def append_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def has_rows(results: str | Path | None, base: dict[str, Any], planned: list[dict], evaluators: Sequence[str]) -> bool:
+    """Whether every planned row of a run (``base`` key columns + each planned ``eval_dataset`` / ``eval_seqlen``
+    / ``metric``) is in the CSV, and at least one row of each named evaluator: a resumed grid skips the run."""
+    if not results or not Path(results).exists() or not (planned or evaluators):
+        return False
+    rows = read_rows(results)
+    keys = {row_key(r) for r in rows}
+    if any(row_key({**base, **row}) not in keys for row in planned):
+        return False
+    same = [r for r in rows if all(r.get(k, "") == _cell(v) for k, v in base.items() if k not in ("ratio", "options"))]
+    same = [r for r in same if float(r["ratio"] or 0) == float(base["ratio"])]
+    return all(any(r["eval_dataset"].startswith(f"{name}:") for r in same) for name in evaluators)
+
+
+def run_rows(
+    base: dict[str, Any],
+    common: dict[str, Any],
+    measured: list[dict[str, Any]],
+    extra: list[dict[str, Any]],
+    timing: dict[str, float],
+) -> list[dict[str, Any]]:
+    """The rows of one finished run: one per measurement, one per evaluator result (how it was made, its
+    ``details``, merged into the options), one per pruning cost in ``timing`` (seconds, peak memory)."""
+    row = {**base, **common}
+    rows = [{**row, **m} for m in measured]
+    opts = json.loads(base["options"]) if isinstance(base["options"], str) else dict(base["options"])
+    for r in extra:
+        details = r.get("details", {})
+        rows.append({**row, **{k: v for k, v in r.items() if k != "details"}, "options": {**opts, **details}})
+    rows += [{**row, "metric": metric, "value": value} for metric, value in timing.items()]
+    return rows
+
+
+def plan_columns(plan: Any) -> dict[str, Any]:
+    """The columns a ``PruningPlan`` fixes in every row of the model it pruned: how it was pruned (method,
+    ratio, every effective option, calibration) and what it achieved. The one plan -> row mapping."""
+    a, c = plan.achieved, plan.calibration
+    return {
+        "method": plan.method,
+        "ratio": plan.ratio,
+        "ratio_of": plan.options.get("ratio_of", "params"),
+        "seed": plan.options.get("seed", 0),
+        "calib_dataset": c.get("dataset", ""),
+        "calib_source": c.get("source", ""),
+        "calib_nsamples": c.get("nsamples", ""),
+        "calib_seqlen": c.get("seqlen", ""),
+        "ratio_achieved": round(a["params_ratio"], 6),
+        "params_before": a["model_params_before"],
+        "params_after": a["model_params_after"],
+        "heads_pruned": a.get("heads_pruned", ""),
+        "kv_heads_pruned": a.get("kv_heads_pruned", ""),
+        "channels_pruned": a.get("channels_pruned", ""),
+        "options": plan.options,
+        "versions": plan.versions,
+    }

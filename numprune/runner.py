@@ -1,12 +1,11 @@
-"""The one experiment runner: grid points, resume, result rows, for text LLMs and LlamaGen alike.
+"""The one experiment runner: resume and result rows, for text LLMs and LlamaGen alike.
 
-A ``Point`` is one run: a method at a ratio (ratio 0: the dense model) on a model and data given by LightningCLI
-arguments (``args``: a config file and overrides). ``numprune run CONFIG.yaml`` expands a config's ``grid`` into
-points; the experiment scripts build points with ``text_point``. Every point is one LightningCLI instantiation
-(``numprune.lit.cli``: module, datamodule, trainer with the pruning callbacks) and one ``trainer.validate``; the
-module says what its rows are (``PrunableModule.run_context`` / ``planned_rows`` / ``measured_rows``), and
-``point_rows`` turns them into rows of the one schema (``numprune.results``). A point whose rows are all in the
-CSV is skipped, so an interrupted grid resumes where it stopped and writes each row once.
+Every ``numprune.points.Point`` is one LightningCLI instantiation (``numprune.lit.cli``: module, datamodule,
+trainer with the pruning callbacks) and one ``trainer.validate``; the module says what its rows are
+(``PrunableModule.run_context`` / ``planned_rows`` / ``measured_rows``) and ``numprune.results.run_rows`` turns
+them into rows of the one schema. A point whose rows are all in the CSV is skipped, so an interrupted grid
+resumes where it stopped and writes each row once. ``numprune run CONFIG.yaml`` is ``run_config``; the
+experiment scripts call ``run_points``.
 """
 
 from __future__ import annotations
@@ -16,129 +15,23 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from numprune.config import effective_options
 from numprune.errors import NumpruneError
 from numprune.evaluators import Evaluator, evaluator_rows
 from numprune.lit.callbacks import pruning_callbacks, summary_line
-from numprune.lit.cli import Grid, instantiate, parse
+from numprune.lit.cli import instantiate, parse
+from numprune.methods import effective_options
 from numprune.passes import dense_statistics
-from numprune.prune import count_params
-from numprune.results import append_rows, git_commit, read_rows, row_key
+from numprune.points import Grid, Point, expand
+from numprune.provenance import count_params
+from numprune.results import append_rows, git_commit, has_rows, plan_columns, run_rows
 
 log = logging.getLogger("numprune")
 TIMING_METRICS = ("prune_seconds", "peak_rss_gib", "peak_device_gib")
-
-
-@dataclass(frozen=True)
-class Point:
-    """One run of an experiment grid."""
-
-    experiment: str
-    method: str = "dense"  # a registered method, or "dense" (ratio 0)
-    ratio: float = 0.0
-    options: dict[str, Any] = field(default_factory=dict)  # PruneConfig fields as given (rows record all)
-    label: str | None = None  # the CSV's method column (default: the method)
-    args: tuple[str, ...] = ()  # LightningCLI arguments that build the model and the data
-    # Reuse one dense calibration pass across the points of a process (same model and calibration): the pruned
-    # model is identical; the time row is then ``prune_seconds_excl_dense_pass`` and no memory row is written.
-    share_dense_stats: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.label or self.method
-
-    def describe(self) -> str:
-        """``LABEL ratio=R`` and what selects this point's model and calibration size."""
-        parts = [f"{self.name} ratio={self.ratio:g}"]
-        for arg in self.args:
-            key, _, value = arg.partition("=")
-            if key in ("--model.model", "--data.nsamples"):
-                name = json.loads(value).get("name", value) if value.startswith("{") else value
-                parts.append(f"{key.removeprefix('--').split('.')[-1]}={name}")
-        return " ".join(parts)
-
-
-def text_point(
-    experiment: str,
-    model: str = "smollm2",
-    method: str = "numerical",
-    ratio: float = 0.2,
-    options: dict[str, Any] | None = None,
-    calib: str = "wikitext2:validation",
-    nsamples: int = 32,
-    seqlen: int = 256,
-    seed: int = 0,
-    evals: Sequence[str] = ("wikitext2",),
-    eval_seqlen: int = 256,
-    max_windows: int | None = 16,
-    label: str | None = None,
-    share_stats: bool = False,
-    data_dir: str | None = None,
-    dtype: str = "fp32",
-) -> Point:
-    """A point of the SmolLM2 experiment scripts' protocol (32 x 256 calibration windows of WikiText-2
-    validation, the first 16 non-overlapping 256-token windows of each evaluation set, fp32 on the CPU)."""
-    args = [
-        f"--model.model={model}",
-        f"--model.dtype={dtype}",
-        f"--data.calib={calib}",
-        f"--data.nsamples={nsamples}",
-        f"--data.seqlen={seqlen}",
-        f"--data.seed={seed}",
-        f"--data.evals={json.dumps(list(evals))}",
-        f"--data.eval_seqlen={eval_seqlen}",
-        f"--data.max_windows={'null' if max_windows is None else max_windows}",
-        "--trainer.accelerator=cpu",
-    ]
-    if data_dir:
-        args.append(f"--data.data_dir={data_dir}")
-    dense = ratio == 0
-    return Point(
-        experiment,
-        method="dense" if dense else method,
-        ratio=float(ratio),
-        options={} if dense else dict(options or {}),
-        label="dense" if dense else label,
-        args=tuple(args),
-        share_dense_stats=share_stats and not dense,
-    )
-
-
-def expand(experiment: str, grid: Grid, base: dict[str, Any], args: Sequence[str]) -> list[Point]:
-    """Every point of a grid, in order, without duplicates (one dense point per model and calibration size).
-
-    ``base``: the config's single values (``model``: ``model.model``; ``nsamples``: ``data.nsamples`` or None
-    without a text datamodule; ``method``, ``ratio``, ``label``, ``prune``).
-    """
-    points: list[Point] = []
-    for m in grid.models or [base["model"]]:
-        model_arg = [f"--model.model={m if isinstance(m, str) else json.dumps(m)}"] if grid.models else []
-        for n in grid.nsamples or [base["nsamples"]]:
-            for label in grid.methods or [base["method"]]:
-                variant = dict(grid.variants.get(label, {"method": label}))
-                method = variant.pop("method", label)
-                n_here = variant.pop("nsamples", n)
-                for r in grid.ratios or [base["ratio"]]:
-                    dense = r == 0
-                    size = [] if (n if dense else n_here) is None else [f"--data.nsamples={n if dense else n_here}"]
-                    p = Point(
-                        experiment,
-                        method="dense" if dense else method,
-                        ratio=float(r),
-                        options={} if dense else {**base["prune"], **variant},
-                        label="dense" if dense else (base["label"] if not grid.methods and base["label"] else label),
-                        args=(*args, *model_arg, *size),
-                        share_dense_stats=grid.share_dense_stats and not dense,
-                    )
-                    if p not in points:
-                        points.append(p)
-    return points
 
 
 def base_row(p: Point, context: dict[str, Any]) -> dict[str, Any]:
@@ -159,52 +52,26 @@ def base_row(p: Point, context: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def is_done(results: str | Path | None, base: dict[str, Any], planned: list[dict], evaluators: list[Evaluator]) -> bool:
-    """Whether every planned row of a point is in the CSV (and at least one row of each evaluator)."""
-    if not results or not Path(results).exists() or not (planned or evaluators):
-        return False
-    rows = read_rows(results)
-    keys = {row_key(r) for r in rows}
-    if any(row_key({**base, **row}) not in keys for row in planned):
-        return False
-    same = [r for r in rows if all(r.get(k, "") == str(v) for k, v in base.items() if k not in ("ratio", "options"))]
-    same = [r for r in same if float(r["ratio"] or 0) == base["ratio"]]
-    return all(any(r["eval_dataset"].startswith(f"{ev.name}:") for r in same) for ev in evaluators)
+def _common(module, context: dict[str, Any]) -> dict[str, Any]:
+    """Columns every row of a finished run shares: parameter counts, what the plan achieved, provenance."""
+    params = count_params(module.model)
+    common = {"model_hash": context.get("model_hash", ""), "git_commit": git_commit()}
+    if module.plan is None:
+        return {**common, "params_before": params, "params_after": params, "versions": {"torch": torch.__version__}}
+    achieved = ("calib_source", "ratio_achieved", "params_before", "heads_pruned", "kv_heads_pruned",
+                "channels_pruned", "versions")  # fmt: skip
+    plan = plan_columns(module.plan)
+    return {**common, **{k: plan[k] for k in achieved}, "params_after": params}
 
 
-def point_rows(p: Point, module, base: dict[str, Any], context: dict, measured: list[dict], extra: list[dict]):
-    """The result rows of one finished run: one per measurement and per evaluator result, plus the pruning
-    cost (time, peak memory) of pruned points."""
-    plan = module.plan
-    common: dict[str, Any] = {
-        "model_hash": context.get("model_hash", ""),
-        "params_after": count_params(module.model),
-        "params_before": plan.achieved["model_params_before"] if plan else count_params(module.model),
-        "versions": plan.versions if plan else {"torch": torch.__version__},
-        "git_commit": git_commit(),
-    }
-    if plan is not None:
-        a = plan.achieved
-        common.update(
-            calib_source=plan.calibration.get("source", ""),
-            ratio_achieved=round(a["params_ratio"], 6),
-            heads_pruned=a.get("heads_pruned", ""),
-            kv_heads_pruned=a.get("kv_heads_pruned", ""),
-            channels_pruned=a.get("channels_pruned", ""),
-        )
-    row = {**base, **common}
-    rows = [{**row, **m} for m in measured]
-    opts = json.loads(base["options"])
-    for r in extra:
-        details = r.pop("details", {})
-        rows.append({**row, **r, "options": json.dumps({**opts, **details}, sort_keys=True)})
-    if plan is not None:
-        for metric in TIMING_METRICS:
-            if metric not in plan.timing or (p.share_dense_stats and metric != "prune_seconds"):
-                continue  # with a shared dense pass, the memory peak is not this point's
-            name = f"{metric}_excl_dense_pass" if p.share_dense_stats else metric
-            rows.append({**row, "metric": name, "value": plan.timing[metric]})
-    return rows
+def _timing(p: Point, module) -> dict[str, float]:
+    """Pruning time and peak memory; with a shared dense pass only the time, named for what it excludes."""
+    if module.plan is None:
+        return {}
+    t = module.plan.timing
+    if p.share_dense_stats:
+        return {"prune_seconds_excl_dense_pass": t["prune_seconds"]} if "prune_seconds" in t else {}
+    return {m: t[m] for m in TIMING_METRICS if m in t}
 
 
 class Runner:
@@ -236,7 +103,8 @@ class Runner:
         run = self.classes(p)
         context = run.module.run_context(run.datamodule)
         base = base_row(p, context)
-        return is_done(self.results, base, run.module.planned_rows(run.datamodule), self.evaluators), base
+        names = [ev.name for ev in self.evaluators]
+        return has_rows(self.results, base, run.module.planned_rows(run.datamodule), names), base
 
     def run(self, points: Sequence[Point]) -> list[dict[str, Any]]:
         problems = self.preflight(points)
@@ -273,7 +141,7 @@ class Runner:
                 module.save_pruned_model(out / "models" / stem, dm)
         tokenizer = getattr(dm, "tokenizer", None)
         extra = [r for ev in self.evaluators for r in evaluator_rows(ev, module.model, tokenizer)]
-        rows = point_rows(p, module, base, context, module.measured_rows(dm), extra)
+        rows = run_rows(base, _common(module, context), module.measured_rows(dm), extra, _timing(p, module))
         if self.results:
             append_rows(self.results, rows)
         else:

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from numprune.cli import main
-from numprune.lit.cli import Grid, parse
+from numprune.lit.cli import parse
+from numprune.points import Grid, expand
 from numprune.results import read_rows, row_key
-from numprune.runner import Runner, expand
+from numprune.runner import Runner
 from tests.lit_helpers import make_tiny_dir
 
 CONFIGS = Path(__file__).parent.parent / "experiments" / "configs"

@@ -24,7 +24,7 @@ from numprune.lit.llamagen_specs import CalibrationSpec, GenerationSpec, Metrics
 from numprune.llamagen.gpt import GPTConfig, build_gpt
 from numprune.llamagen.sampling import calibration_tokens, generate_images
 from numprune.llamagen.vq import VQConfig, VQModel
-from numprune.prune import count_params
+from numprune.provenance import count_params
 from numprune.results import read_rows, row_key
 from numprune.runner import Runner
 

@@ -66,15 +66,17 @@ def rss_peak_gib() -> float:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    from numprune.prune import unique_parameters
+    from numprune.provenance import unique_parameters
 
     return sum(p.numel() * p.element_size() for p in unique_parameters(model))
 
 
 def attn_mlp_params(model: nn.Module) -> int:
-    """Parameters of all attention and MLP blocks (what a pruning ratio is a fraction of)."""
-    return sum(p.numel() for layer in model.model.layers for block in (layer.self_attn, layer.mlp)
-               for p in block.parameters())  # fmt: skip
+    """Parameters of the attention and MLP projections (what a pruning ratio is a fraction of)."""
+    from numprune.adapters import get_adapter
+
+    adapter = get_adapter(model)
+    return sum(g.attention_params + g.mlp_params for g in map(adapter.geometry, adapter.layers(model)))
 
 
 def decode_bytes_per_step(model: nn.Module, batch: int, context: int) -> float:
@@ -84,11 +86,10 @@ def decode_bytes_per_step(model: nn.Module, batch: int, context: int) -> float:
     tied = emb is model.get_output_embeddings().weight
     weights = weight_bytes(model) - (0 if tied else emb.numel() * emb.element_size())
     weights += batch * emb.shape[1] * emb.element_size()
-    kv = 0
-    for layer in model.model.layers:
-        k_proj = getattr(layer.self_attn, "k_proj", None)  # a fully pruned block has none
-        if k_proj is not None:
-            kv += 2 * k_proj.out_features * k_proj.weight.element_size()
+    from numprune.adapters import get_adapter
+
+    adapter = get_adapter(model)
+    kv = sum(adapter.geometry(layer).kv_cache_per_token for layer in adapter.layers(model)) * emb.element_size()
     return float(weights + batch * context * kv)
 
 
@@ -192,6 +193,7 @@ def random_pruned_llama(
     Heads are removed uniformly per layer; the MLP widths then make up the parameter budget (see
     ``_kept_widths``). ``ratio=0`` gives the dense model.
     """
+    from numprune.adapters.base import LayerGeometry
     from numprune.pruned_model import NumprunedLlamaConfig, NumprunedLlamaForCausalLM
 
     base = CONFIGS[name]
@@ -199,8 +201,9 @@ def random_pruned_llama(
     kv, hd = base["num_key_value_heads"], d // h
     group = h // kv
     keep_kv = max(1, round(kv * (1 - ratio)))
-    attn_unit, chan = hd * d * (2 * group + 2), 3 * d  # parameters of one KV group / one MLP channel
-    budget = (1 - ratio) * (kv * attn_unit + i * chan) - keep_kv * attn_unit
+    geo = LayerGeometry(hidden=d, num_heads=h, num_kv_heads=kv, head_dim=hd, intermediate=i)
+    attn_unit, chan = group * geo.query_head_params + geo.kv_head_params, geo.channel_params  # a KV group; a channel
+    budget = (1 - ratio) * (geo.attention_params + geo.mlp_params) - keep_kv * attn_unit
     keep_mlp = min(max(budget / chan, 1.0), i) / i
     widths = _kept_widths(i, keep_mlp, n, round_to, jitter if ratio > 0 else 0.0, seed)
     cfg = NumprunedLlamaConfig(**base, head_dim=hd, tie_word_embeddings=False, layer_num_heads=[keep_kv * group] * n,

@@ -10,17 +10,13 @@ the unweighted mean of those seven numbers as the average. Values are fractions 
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from numprune.config import DTYPE_NAMES, parse_dtype
 from numprune.errors import NumpruneError
 from numprune.eval.lm_tasks import PAPER_TASKS, TASKS, parse_tasks, task_configs, task_manager
 
@@ -182,40 +178,19 @@ def result_rows(
     limit: int | float | None = None,
     experiment: str = "zeroshot",
 ) -> list[dict[str, Any]]:
-    """Rows in the ``numprune.results`` schema: one per task (and the average), with versions and shots."""
+    """Rows in the ``numprune.results`` schema: one per task (and the average), with versions and shots; a
+    pruned model's rows say how it was pruned (``numprune.results.plan_columns``)."""
     import lm_eval
     import transformers
 
     from numprune import __version__
-    from numprune.results import git_commit
+    from numprune.results import git_commit, plan_columns, portable
 
-    base: dict[str, Any] = {
-        "experiment": experiment,
-        "model": model,
-        "model_hash": model_hash,
-        "method": "dense",
-        "ratio": 0.0,
-        "ratio_achieved": 0.0,
-        "git_commit": git_commit(),
-    }
-    if plan is not None:  # a pruned model: say how it was pruned
-        ach, cal = plan.achieved, plan.calibration
-        base.update(
-            method=plan.method,
-            ratio=plan.ratio,
-            ratio_of=plan.options.get("ratio_of", ""),
-            ratio_achieved=ach.get("params_ratio"),
-            seed=plan.options.get("seed"),
-            calib_dataset=cal.get("dataset", ""),
-            calib_source=cal.get("source", ""),
-            calib_nsamples=cal.get("nsamples"),
-            calib_seqlen=cal.get("seqlen"),
-            params_before=ach.get("model_params_before"),
-            params_after=ach.get("model_params_after"),
-            heads_pruned=ach.get("heads_pruned"),
-            kv_heads_pruned=ach.get("kv_heads_pruned"),
-            channels_pruned=ach.get("channels_pruned"),
-        )
+    base: dict[str, Any] = {"experiment": experiment, "model": portable(model), "model_hash": model_hash,
+                            "git_commit": git_commit(), "method": "dense", "ratio": 0.0, "ratio_achieved": 0.0,
+                            "options": {}}  # fmt: skip
+    if plan is not None:
+        base.update(plan_columns(plan))
     versions = {
         "lm_eval": getattr(lm_eval, "__version__", "unknown"),
         "numprune": __version__,
@@ -224,7 +199,7 @@ def result_rows(
     }
     rows = []
     for s in scores:
-        options = {"num_fewshot": s.num_fewshot, "filter": s.filter, "limit": limit, "task_version": s.task_version}
+        how = {"num_fewshot": s.num_fewshot, "filter": s.filter, "limit": limit, "task_version": s.task_version}
         rows.append(
             {
                 **base,
@@ -233,79 +208,8 @@ def result_rows(
                 "eval_windows": s.n_samples,
                 "metric": s.metric,
                 "value": s.value,
-                "options": options,
+                "options": {**base["options"], **how},
                 "versions": {**versions, "task": s.task_version},
             }
         )
     return rows
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-
-
-def _shots(items: list[str] | None) -> dict[str, int]:
-    out = {}
-    for item in items or []:
-        task, sep, k = item.partition("=")
-        if not sep or not k.isdigit():
-            raise NumpruneError(f"--num-fewshot takes TASK=K, got {item!r}")
-        out[parse_tasks(task)[0]] = int(k)
-    return out
-
-
-def add_zeroshot_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``numprune zeroshot`` on the CLI's sub-parsers; the handler is stored as ``func``."""
-    p = subparsers.add_parser(
-        "zeroshot",
-        help="zero-shot accuracy through lm-eval (Table 2/8/9)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--model", required=True, help="smollm2, a hub id, or a (pruned) model directory")
-    p.add_argument("--tasks", default="paper", help="comma list; aliases: paper (the 7), all, arc_e, arc_c, obqa")
-    p.add_argument("--limit", type=float, default=None, help="documents per task (int) or fraction (<1)")
-    p.add_argument("--data-dir", default=None, help="local task files (see numprune/eval/lm_tasks.py)")
-    p.add_argument("--include-path", default=None, help="extra lm-eval task YAMLs (override registered ones)")
-    p.add_argument("--num-fewshot", nargs="*", metavar="TASK=K", help="shot counts (default: mmlu=5 gsm8k=5)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results", default=None, help="append rows to this results CSV")
-    p.add_argument("--experiment", default="zeroshot")
-    p.set_defaults(func=run_zeroshot_command)
-    return p
-
-
-def run_zeroshot_command(args: argparse.Namespace) -> int:
-    """Load the model, evaluate, print one JSON line per task, optionally append to the results CSV."""
-    from numprune.hub import load_model, resolve
-    from numprune.results import append_rows, file_hash
-    from numprune.save import load_plan
-
-    dtype = parse_dtype(args.dtype)
-    limit = None if args.limit is None else int(args.limit) if args.limit >= 1 else args.limit
-    model, tok = load_model(args.model, dtype=dtype, device=args.device)
-    path = Path(resolve(args.model))
-    plan = load_plan(path) if path.is_dir() else None
-    scores = evaluate_zeroshot(
-        model,
-        tok,
-        args.tasks,
-        data_dir=args.data_dir,
-        include_path=args.include_path,
-        limit=limit,
-        num_fewshot=_shots(args.num_fewshot),
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
-    for s in scores:
-        print(json.dumps(asdict(s), sort_keys=True), file=sys.stdout, flush=True)
-    if args.results:
-        append_rows(
-            args.results,
-            result_rows(
-                scores, model=args.model, model_hash=file_hash(path), plan=plan, limit=limit, experiment=args.experiment
-            ),
-        )
-    return 0

@@ -34,7 +34,8 @@ from numprune.errors import NumpruneError
 from numprune.lit.module import PrunableModule
 from numprune.methods import get_method
 from numprune.plan import PruningPlan
-from numprune.prune import Reduce, apply_plan_, config_of, plan_pruning
+from numprune.provenance import config_of
+from numprune.prune import Reduce, apply_plan_, plan_pruning
 
 log = logging.getLogger("numprune")
 

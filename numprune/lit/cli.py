@@ -15,7 +15,7 @@ import logging
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from numprune.errors import NumpruneError
 from numprune.evaluators import Evaluator
+from numprune.points import Grid
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "devices": 1,  # DDP calibration is opt-in: --trainer.devices=N --trainer.strategy=ddp
@@ -34,22 +35,6 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "inference_mode": True,  # the pruning callbacks leave inference mode themselves (see callbacks.py)
 }
 DEFAULT_CLASSES = {"model": "numprune.lit.CausalLMModule", "data": "numprune.lit.TextDataModule"}
-
-
-@dataclass
-class Grid:
-    """What a config varies. Empty lists mean the config's single value (``model.model``, ``data.nsamples``,
-    ``method``, ``ratio``). ``methods`` names methods or keys of ``variants``; a variant is ``{method: NAME,
-    nsamples: N (optional: pins the calibration size), **PruneConfig fields}``. A model entry is the value of
-    ``model.model`` (a name for text models, a spec mapping for LlamaGen). ``share_dense_stats``: one dense
-    calibration pass per process for all points of a model (identical plans; time rows exclude the pass)."""
-
-    models: list[Any] = field(default_factory=list)
-    nsamples: list[int] = field(default_factory=list)
-    methods: list[str] = field(default_factory=list)
-    ratios: list[float] = field(default_factory=list)
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
-    share_dense_stats: bool = False
 
 
 class NumpruneCLI(LightningCLI):

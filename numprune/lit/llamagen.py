@@ -146,7 +146,7 @@ class LlamaGenModule(PrunableModule):
         return self._calib
 
     def _cache_key(self, settings: dict[str, Any]) -> dict[str, Any]:
-        from numprune.prune import model_fingerprint
+        from numprune.provenance import model_fingerprint
 
         return {**settings, "fingerprint": model_fingerprint(self.model), "block_size": self.model.config.block_size}
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
+from numprune.config import make_config
 from numprune.errors import NumpruneError
 from numprune.methods.base import LayerScores, Method
 from numprune.methods.flap import Flap
@@ -25,7 +28,7 @@ METHODS: dict[str, Callable[[], Method]] = {
     "slimgpt": SlimGPT,
 }
 
-__all__ = ["METHODS", "LayerScores", "Method", "get_method"]
+__all__ = ["METHODS", "LayerScores", "Method", "effective_options", "get_method"]
 
 
 def get_method(name: str) -> Method:
@@ -35,3 +38,18 @@ def get_method(name: str) -> Method:
         raise NumpruneError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}") from None
     method.name = name  # variants registered with partial() report their registry name
     return method
+
+
+# Fields that do not change what a run computes (how it reports progress): left out of result rows' options.
+NOT_RECORDED = ("ratio", "method", "progress")
+
+
+def effective_options(ratio: float, method: str = "numerical", **options: Any) -> dict[str, Any]:
+    """Every ``PruneConfig`` field of a run after the method's defaults are filled in: what a result row
+    records, so that no row depends on the defaults of the day it was written."""
+    cfg = make_config(ratio, method, **options)
+    meth = get_method(method)
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RECORDED}
+    out["allocation"] = cfg.allocation or meth.default_allocation
+    out["head_scaling"] = cfg.head_scaling or meth.default_head_scaling
+    return out
