@@ -75,13 +75,16 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
 def run_prune(args: argparse.Namespace) -> None:
     from numprune.config import make_config
     from numprune.data import calibration_windows, load_corpus
-    from numprune.hub import load_model
+    from numprune.hub import load_model, missing_model
     from numprune.methods import get_method
     from numprune.prune import prune_
     from numprune.save import check_output_dir, save_pruned
 
     options = dict(args.option)
     get_method(args.method).check(make_config(args.ratio, args.method, **options))  # before any heavy work
+    problem = missing_model(args.model)
+    if problem:
+        raise NumpruneError(problem)
     check_output_dir(args.out, args.overwrite)
     corpus = load_corpus(args.calib, args.data_dir, default_split="train")
     model, tok = load_model(args.model, dtype=_dtype(args.dtype))

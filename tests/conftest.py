@@ -59,7 +59,10 @@ def inputs():
 
 @pytest.fixture
 def shared_data():
-    path = os.path.abspath(SHARED_DATA)
+    """``../shared/data``: tests that read it skip on a machine without it, and fail under CI (``CI`` set)."""
+    path = os.path.abspath(os.environ.get("NUMPRUNE_DATA_DIR") or SHARED_DATA)
     if not os.path.isdir(path):
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: the shared data directory {path} is missing")
         pytest.skip("../shared/data not present")
     return path

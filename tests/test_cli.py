@@ -129,6 +129,37 @@ def test_interrupted_save_leaves_nothing(model_dir, tmp_path, monkeypatch, capsy
     assert not out.exists() and not list(tmp_path.glob(".pruned*"))
 
 
+def test_save_after_a_killed_save_removes_its_leftover(tmp_path, model_dir, capsys):
+    """SIGKILL in the middle of a save leaves ``.NAME.tmp-PID-*``; the next save to NAME removes it (and keeps
+    the temporary folder of a save that is still running)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "pruned"
+    code = (
+        "import os, signal, sys\n"
+        "from numprune.save import atomic_directory\n"
+        "with atomic_directory(sys.argv[1]) as tmp:\n"
+        "    (tmp / 'model.safetensors').write_bytes(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, str(out)])
+    assert killed.returncode == -9
+    (left,) = tmp_path.glob(".pruned.tmp-*")
+    running = tmp_path / f".pruned.tmp-{os.getpid()}-other"  # this process: alive
+    running.mkdir()
+    path, text = model_dir
+    assert run(capsys, *prune_argv(path, text, out))[0] == 0
+    assert not left.exists() and running.exists() and (out / "config.json").exists()
+
+
+def test_missing_model_folder_is_named(tmp_path, model_dir, capsys):
+    _, text = model_dir
+    code, _, err = run(capsys, *prune_argv(tmp_path / "no" / "such" / "folder", text, tmp_path / "out"))
+    assert code == 2 and f"model folder {tmp_path}/no/such/folder does not exist" in err and "hub" not in err
+
+
 def test_model_without_o_proj_is_refused(tmp_path, capsys, model_dir):
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -124,3 +124,26 @@ def test_pruned_under_inference_mode_then_fine_tuned(tiny):
     changed = [n for n, p in module.model.named_parameters() if not torch.equal(p, before[n])]
     assert "model.layers.0.self_attn.o_proj.weight" in changed and "model.layers.0.mlp.down_proj.weight" in changed
     assert module.model.model.layers[0].mlp.down_proj.weight.shape[1] == len(module.plan.layers[0].channels)
+
+
+def test_flap_without_compensation_needs_no_calibration_in_the_compensation_callback(tiny):
+    """FLAP with compensation='none' only slices: the callback applies a saved plan without calibration data
+    (its repair needs no statistics), and the result is the plain slice of prune_."""
+    module, dm = setup(tiny)
+    ref = load_model(str(tiny[0]))[0]
+    plan = prune_(ref, ratio=0.3, calibration=dm.calibration()[0], method="flap", compensation="none", progress=False)
+    module.configure_model()
+    module.plan = PruningPlan.from_dict(plan.to_dict())
+    dm.calibration = None  # any attempt to read calibration windows fails
+    trainer([CompensationCallback()]).validate(module, datamodule=dm, verbose=False)
+    for (n, p), (_, q) in zip(module.model.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p, q, atol=0, rtol=0, msg=n)
+    assert all(lin.bias is None for layer in module.model.model.layers for lin in (layer.mlp.down_proj,))
+
+
+def test_pruning_inside_fit_is_refused(tiny):
+    """Surgery inside trainer.fit would leave the optimizer on the dense tensors: refused with a clear message."""
+    module, dm = setup(tiny, batch_size=2)
+    with pytest.raises(NumpruneError, match=r"not inside trainer.fit"):
+        trainer(pruning_callbacks(0.4, **OPTS), max_steps=1, limit_val_batches=1).fit(module, datamodule=dm)
+    assert module.plan is None

@@ -69,16 +69,21 @@ def _check_same_on_every_rank(trainer: L.Trainer, plan: PruningPlan) -> None:
         raise NumpruneError(f"the processes computed different pruning plans ({agree:.0f}/{trainer.world_size} agree)")
 
 
-def _skip(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-    """Never during the sanity check; and never inside ``trainer.fit``: surgery there would leave the optimizer,
-    built before validation starts, holding the dense tensors."""
-    if trainer.sanity_checking:
-        return True
+def _refuse_fit(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    """Surgery inside ``trainer.fit`` would leave the optimizer, built before any validation, holding the dense
+    tensors: prune with ``trainer.validate`` first (then fit, with or without these callbacks)."""
     if trainer.state.fn == TrainerFn.FITTING and not getattr(pl_module, "plan_applied", False):
         raise NumpruneError(
             "the pruning callbacks prune before evaluation, not inside trainer.fit (the optimizer would keep the "
-            "dense weights): run trainer.validate(module) with them first, then trainer.fit without them"
+            "dense weights): run trainer.validate(module) with them first, then trainer.fit"
         )
+
+
+def _skip(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+    """Never during the sanity check, and never inside ``trainer.fit`` (``_refuse_fit``)."""
+    if trainer.sanity_checking:
+        return True
+    _refuse_fit(trainer, pl_module)
     return False
 
 
@@ -95,6 +100,9 @@ class ScoringCallback(L.Callback):
         get_method(method).check(self.cfg)  # unknown method or impossible options: fail now, not after loading
         # The dense statistics of this model and calibration, when a grid computed them once for all points.
         self.dense_stats: list | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _refuse_fit(trainer, pl_module)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if _skip(trainer, pl_module) or getattr(pl_module, "plan", None) is not None:
@@ -130,6 +138,9 @@ class CompensationCallback(L.Callback):
 
     def __init__(self, plan_path: str | None = None) -> None:
         self.plan_path = plan_path
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _refuse_fit(trainer, pl_module)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if _skip(trainer, pl_module) or getattr(pl_module, "plan_applied", False):
