@@ -39,20 +39,34 @@ def test_notebooks_are_committed_stripped():
             assert cell.cell_type != "code" or (not cell.outputs and cell.execution_count is None), p.name
 
 
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name not in OURS], ids=lambda p: p.stem)
-def test_notebook_runs_on_paper_rows_alone(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("NUMPRUNE_RESULTS", str(tmp_path))  # no CSV of ours: the paper rows only
-    assert "does not exist yet" in text(execute(path))
+# notebook -> (the CSV it reads, which paper row it must show, the decimals it shows)
+SHOWN = {
+    "figure2_ppl_vs_ratio": ("table6_llama2_ppl", lambda r: r["eval_dataset"] == "wikitext2", 3),
+    "figure4_calib_samples": ("figure4_calib_samples", lambda r: True, 3),
+    "figure5_speed": ("figure5_speed", lambda r: r["metric"] == "decode_tokens_per_s", 3),
+    "table1_comparison": ("table1_5_llama1_ppl", lambda r: r["ratio"] in ("0.1", "0.2", "0.3", "0.5", "0.7"), 2),
+    "table3_llamagen": ("table3_llamagen", lambda r: r["metric"] == "fid", 3),
+}
 
 
-def test_table1_notebook_puts_our_rows_next_to_the_paper(tmp_path, monkeypatch):
-    paper = read_rows(ROOT / "results" / "paper" / "table1_5_llama1_ppl.csv")
-    ours = [
-        {k: v for k, v in r.items() if k != "time"} | {"value": float(r["value"]) * 1.1, "ratio_of": "params"}
-        for r in paper
-        if r["method"] == "numerical" and r["model"] == "huggyllama/llama-7b"
-    ]
-    append_rows(tmp_path / "table1_5_llama1_ppl.csv", ours)
+def shown(value: float, decimals: int) -> str:
+    """How a rounded value appears in a printed DataFrame (trailing zeros may be padded)."""
+    return f"{round(value, decimals):.{decimals}f}".rstrip("0").rstrip(".")
+
+
+@pytest.mark.parametrize("name", sorted(SHOWN))
+def test_notebook_shows_the_paper_rows_and_ours(name, tmp_path, monkeypatch):
+    """Run on the paper's rows alone, a notebook says so and shows them; with a CSV of ours beside them (the
+    paper's rows x 1.1 here), it shows both."""
+    assert {p.stem for p in NOTEBOOKS if p.name not in OURS} == set(SHOWN)
+    csv, pick, decimals = SHOWN[name]
+    paper = read_rows(ROOT / "results" / "paper" / f"{csv}.csv")
+    row = next(r for r in paper if r["method"] == "numerical" and float(r["ratio"]) > 0 and pick(r))
     monkeypatch.setenv("NUMPRUNE_RESULTS", str(tmp_path))
-    out = text(execute(ROOT / "notebooks" / "table1_comparison.ipynb"))
-    assert "numerical (numprune)" in out and "1.1" in out and "does not exist" not in out
+    alone = text(execute(ROOT / "notebooks" / f"{name}.ipynb"))
+    assert "does not exist yet" in alone and shown(float(row["value"]), decimals) in alone
+    ours = [{k: v for k, v in r.items() if k != "time"} | {"value": float(r["value"]) * 1.1} for r in paper]
+    append_rows(tmp_path / f"{csv}.csv", ours)
+    both = text(execute(ROOT / "notebooks" / f"{name}.ipynb"))
+    assert f"{csv}.csv does not exist" not in both
+    assert shown(float(row["value"]), decimals) in both and shown(1.1 * float(row["value"]), decimals) in both
