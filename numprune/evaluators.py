@@ -11,7 +11,7 @@ from typing import Any
 from numprune.errors import NumpruneError
 
 # keys of an evaluator's result that are the row itself, not details of how it was made
-_ROW_KEYS = {"task", "name", "metric", "value", "source", "metrics", "stderr"}
+_ROW_KEYS = {"task", "name", "metric", "value", "source", "metrics", "stderr", "n_samples"}
 
 
 @dataclass
@@ -59,6 +59,7 @@ def evaluator_rows(ev: Evaluator, model, tokenizer) -> list[dict[str, Any]]:
                     "metric": d.get("metric", "value"),
                     "value": d["value"],
                     "eval_source": d.get("source", ""),
+                    "eval_windows": d.get("n_samples", ""),  # documents scored
                     "details": details,
                 }
             )

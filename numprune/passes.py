@@ -68,25 +68,32 @@ def streaming_statistics(
     batch_size: int = 8,
     reduce: Reduce | None = None,
     progress: bool = False,
+    device: torch.device | str | None = None,
 ) -> list[dict[str, InputStats]]:
     """The dense input statistics of every layer's ``o_proj`` / ``down_proj`` from whole-model forwards over
     batches of samples (on the CPU afterwards).
 
     Memory is the model plus one batch plus the Gram matrices, whatever the number of samples: the mode for
     calibration sets too large for ``LayerwiseRunner``, which keeps every sample's hidden states (LlamaGen's 128
-    images x 1000 classes). The model must fit on the device it is on. Equal to the layerwise statistics.
+    images x 1000 classes). The model must fit on ``device`` (default: where it is), where it runs for the pass
+    and from where it returns. Equal to the layerwise statistics.
     """
     adapter = get_adapter(model)
     calibration = check_calibration(calibration)
-    device = next(model.parameters()).device
+    home = next(model.parameters()).device
+    device = torch.device(device) if device else home
+    model.to(device)
     modules = {}
     for i, layer in enumerate(adapter.layers(model)):
         o_proj, down_proj = adapter.out_projections(layer)
         modules[f"layer {i} o_proj"], modules[f"layer {i} down_proj"] = o_proj, down_proj
-    with record_inputs(modules) as accs:
-        starts = range(0, calibration.shape[0], batch_size)
-        for start in tqdm(starts, desc="calibration (streaming)", disable=not progress, leave=False):
-            adapter.run_model(model, calibration[start : start + batch_size].to(device))
+    try:
+        with record_inputs(modules) as accs:
+            starts = range(0, calibration.shape[0], batch_size)
+            for start in tqdm(starts, desc="calibration (streaming)", disable=not progress, leave=False):
+                adapter.run_model(model, calibration[start : start + batch_size].to(device))
+    finally:
+        model.to(home)
     if reduce is not None:
         for acc in accs.values():
             acc.reduce_(reduce)

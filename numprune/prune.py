@@ -115,7 +115,7 @@ def plan_pruning(
         scores = sequential_score_pass(model, adapter, meth, cfg, calibration, device, geos, plan_layer, bias, reduce)
     else:
         if dense_stats is None and cfg.calibration_mode == "streaming":
-            dense_stats = streaming_statistics(model, calibration, cfg.calibration_batch, reduce, cfg.progress)
+            dense_stats = streaming_statistics(model, calibration, cfg.calibration_batch, reduce, cfg.progress, device)
         scores, cache = score_pass(model, adapter, meth, cfg, calibration, device, geos, dense_stats, reduce)
     model.train(was_training)
 

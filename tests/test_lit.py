@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -52,15 +51,11 @@ def test_validation_ppl_equals_perplexity_function(tiny):
     assert out["val/windows"] == 5 and out["val/tokens"] == expect["tokens"] == 5 * 31
 
 
-def test_callbacks_equal_prune_and_skip_sanity_check(tiny):
+def test_callbacks_equal_prune_and_run_once(tiny):
     module, dm = setup(tiny)
     cbs = pruning_callbacks(0.4, **OPTS)
     assert [type(c) for c in cbs] == [ScoringCallback, CompensationCallback]
     t = trainer(cbs)
-    sanity = SimpleNamespace(sanity_checking=True)
-    for cb in cbs:  # the sanity check touches nothing
-        cb.on_validation_start(sanity, module)
-    assert module.plan is None
     t.validate(module, datamodule=dm, verbose=False)
     ref = load_model(str(tiny[0]))[0]
     calib, _ = dm.calibration()
@@ -139,6 +134,15 @@ def test_flap_without_compensation_needs_no_calibration_in_the_compensation_call
     for (n, p), (_, q) in zip(module.model.named_parameters(), ref.named_parameters()):
         torch.testing.assert_close(p, q, atol=0, rtol=0, msg=n)
     assert all(lin.bias is None for layer in module.model.model.layers for lin in (layer.mlp.down_proj,))
+
+
+def test_a_run_without_validation_batches_is_pruned_too(tiny):
+    """Only evaluators (zero-shot, speed), no perplexity sets: Lightning skips the validation loop and its hooks,
+    and the model must still be pruned before the evaluators see it."""
+    module, dm = setup(tiny, evals=[])
+    trainer(pruning_callbacks(0.4, **OPTS)).validate(module, datamodule=dm, verbose=False)
+    assert module.plan_applied and module.plan.achieved["channels_pruned"] > 0
+    assert sum(p.numel() for p in module.model.parameters()) == module.plan.achieved["model_params_after"]
 
 
 def test_pruning_inside_fit_is_refused(tiny):

@@ -2,14 +2,16 @@
 
 Lightning's callback rules, as they apply here:
 
-- each callback runs once per run, at ``on_validation_start``, and never during the sanity check;
+- each callback runs once per run, in ``setup`` of ``trainer.validate`` (before the sanity check, and also when
+  the run has no validation batches, only evaluators); it refuses ``trainer.fit``, whose optimizer would keep
+  the dense tensors;
 - neither relies on the other's presence or order: ``CompensationCallback`` checks its one input, a plan on the
   module (from ``ScoringCallback`` or ``PruningPlan.load``), and ``apply_plan_`` refuses a plan of another model;
 - constructor arguments are validated eagerly (``PruneConfig``), before any model is loaded.
 
-``inference_mode``: Lightning runs validation hooks under ``torch.inference_mode`` (the Trainer default). New
-weights made there would be inference tensors, which can never take part in autograd again, so both callbacks
-leave inference mode and run the pipeline under ``no_grad``: a pruned model can be fine-tuned afterwards.
+Calibration runs on the trainer's device (or the ``device`` option) layer by layer, while the model itself is
+still where ``configure_model`` put it. The pipeline runs under ``no_grad`` outside ``inference_mode``, so the
+new weights are ordinary tensors: a pruned model can be fine-tuned afterwards.
 
 Distributed calibration (DDP): every process takes its shard of the calibration windows (``rank::world``), the
 Gram matrices are summed over processes, and every process computes the same plan and the same new weights.
@@ -29,7 +31,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
-from numprune.config import make_config
+from numprune.config import PruneConfig, make_config
 from numprune.errors import NumpruneError
 from numprune.lit.module import PrunableModule
 from numprune.methods import get_method
@@ -70,25 +72,26 @@ def _check_same_on_every_rank(trainer: L.Trainer, plan: PruningPlan) -> None:
 
 
 def _refuse_fit(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-    """Surgery inside ``trainer.fit`` would leave the optimizer, built before any validation, holding the dense
-    tensors: prune with ``trainer.validate`` first (then fit, with or without these callbacks)."""
-    if trainer.state.fn == TrainerFn.FITTING and not getattr(pl_module, "plan_applied", False):
+    """Surgery inside ``trainer.fit`` would leave the optimizer holding the dense tensors: prune with
+    ``trainer.validate`` first (then fit, with or without these callbacks)."""
+    if not getattr(pl_module, "plan_applied", False):
         raise NumpruneError(
             "the pruning callbacks prune before evaluation, not inside trainer.fit (the optimizer would keep the "
             "dense weights): run trainer.validate(module) with them first, then trainer.fit"
         )
 
 
-def _skip(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-    """Never during the sanity check, and never inside ``trainer.fit`` (``_refuse_fit``)."""
-    if trainer.sanity_checking:
-        return True
-    _refuse_fit(trainer, pl_module)
-    return False
+def _on_device(cfg: PruneConfig, trainer: L.Trainer) -> PruneConfig:
+    """Calibrate on the trainer's device unless the options name one: the model stays where it is (usually the
+    CPU before the strategy moves it) and the layer-by-layer pass moves one layer at a time."""
+    return cfg if cfg.device else dataclasses.replace(cfg, device=str(trainer.strategy.root_device))
 
 
 class ScoringCallback(L.Callback):
     """Calibration pass -> statistics -> scores -> selection: stores ``module.plan`` (paper Alg. 1, Eq. 8).
+
+    Runs once per run in ``setup`` of ``trainer.validate`` / ``test`` / ``predict`` (before the sanity check and
+    whether or not there are validation batches: a run may only have evaluators), and refuses ``trainer.fit``.
 
     Args:
         ratio, method, **options: a ``PruneConfig`` (validated here, before anything is loaded).
@@ -101,17 +104,18 @@ class ScoringCallback(L.Callback):
         # The dense statistics of this model and calibration, when a grid computed them once for all points.
         self.dense_stats: list | None = None
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _refuse_fit(trainer, pl_module)
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if _skip(trainer, pl_module) or getattr(pl_module, "plan", None) is not None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == TrainerFn.FITTING:
+            _refuse_fit(trainer, pl_module)
+            return
+        if getattr(pl_module, "plan", None) is not None:
             return  # once per run: a module that has a plan is not scored again
         calib, info = _calibration(trainer, pl_module, "ScoringCallback")
+        pl_module.configure_model()
         with torch.inference_mode(False), torch.no_grad():
             plan, stats = plan_pruning(
-                pl_module.model, calib, self.cfg, calibration_info=info, reduce=_reduce(trainer),
-                dense_stats=self.dense_stats,
+                pl_module.model, calib, _on_device(self.cfg, trainer), calibration_info=info,
+                reduce=_reduce(trainer), dense_stats=self.dense_stats,
             )  # fmt: skip
         _check_same_on_every_rank(trainer, plan)
         pl_module.plan, pl_module.pruning_stats, pl_module.plan_applied = plan, stats, False
@@ -132,18 +136,19 @@ class CompensationCallback(L.Callback):
     """Applies ``module.plan``: the method's repair (Eq. 11 for ``numerical``) and the surgery; logs the summary
     and writes the plan JSON to ``plan_path`` (default: the logger's folder, when there is a logger).
 
-    Needs a plan on the module (``ScoringCallback``, or ``module.plan = PruningPlan.load(path)``); stops with a
-    clear message without one, or with a plan of another model.
+    Runs in ``setup`` like ``ScoringCallback``. Needs a plan on the module (``ScoringCallback``, or
+    ``module.plan = PruningPlan.load(path)``); stops with a clear message without one, or with a plan of another
+    model.
     """
 
     def __init__(self, plan_path: str | None = None) -> None:
         self.plan_path = plan_path
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _refuse_fit(trainer, pl_module)
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if _skip(trainer, pl_module) or getattr(pl_module, "plan_applied", False):
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == TrainerFn.FITTING:
+            _refuse_fit(trainer, pl_module)
+            return
+        if getattr(pl_module, "plan_applied", False):
             return
         plan: PruningPlan | None = getattr(pl_module, "plan", None)
         if plan is None:
@@ -151,12 +156,14 @@ class CompensationCallback(L.Callback):
                 "CompensationCallback found no pruning plan on the module: add ScoringCallback before it "
                 "(numprune.lit.pruning_callbacks returns the pair in order) or set module.plan = PruningPlan.load(...)"
             )
+        pl_module.configure_model()
+        cfg = _on_device(config_of(plan), trainer)
         stats = getattr(pl_module, "pruning_stats", None)
-        needs_calibration = stats is None and get_method(plan.method).needs_stats(config_of(plan))
+        needs_calibration = stats is None and get_method(plan.method).needs_stats(cfg)
         calib = _calibration(trainer, pl_module, "CompensationCallback")[0] if needs_calibration else None
         start = time.perf_counter()
         with torch.inference_mode(False), torch.no_grad():
-            apply_plan_(pl_module.model, plan, calib, stats=stats, reduce=_reduce(trainer))
+            apply_plan_(pl_module.model, plan, calib, cfg, stats=stats, reduce=_reduce(trainer))
         pl_module.plan_applied, pl_module.pruning_stats = True, None
         log.info("numprune: %s", summary_line(plan, time.perf_counter() - start))
         if trainer.logger is not None:

@@ -126,10 +126,16 @@ class LlamaGenModule(PrunableModule):
             if rows is None:
                 start = time.perf_counter()
                 sampling = {k: s[k] for k in SAMPLING_KEYS}
-                rows = calibration_tokens(
-                    self.model, s["classes"], per_class=s["per_class"], batch_size=self.calib_spec.batch_size,
-                    seed=s["seed"], **sampling,
-                )  # fmt: skip
+                # sample on the trainer's device even before the strategy moved the model there (setup)
+                home = next(self.model.parameters()).device
+                device = self.trainer.strategy.root_device if self._trainer is not None else home
+                try:
+                    rows = calibration_tokens(
+                        self.model.to(device), s["classes"], per_class=s["per_class"],
+                        batch_size=self.calib_spec.batch_size, seed=s["seed"], **sampling,
+                    ).cpu()  # fmt: skip
+                finally:
+                    self.model.to(home)
                 with torch.inference_mode(False):
                     rows = rows.clone()  # generated under the trainer's inference mode; pruning leaves it
                 self.calibration_seconds = time.perf_counter() - start
