@@ -19,7 +19,8 @@ import time
 import torch
 
 from numprune import prune_
-from numprune.llamagen.gpt import GPTConfig, build_gpt, gpt_config
+from numprune.llamagen.config import GPTConfig, gpt_config
+from numprune.llamagen.gpt import build_gpt
 from numprune.llamagen.sampling import generate_tokens
 from numprune.llamagen.vq import VQConfig, VQModel
 from numprune.results import append_rows, git_commit

@@ -22,9 +22,9 @@ import torch
 
 from numprune.errors import NumpruneError
 from numprune.evaluators import Evaluator, evaluator_rows
-from numprune.lit.callbacks import pruning_callbacks, summary_line
+from numprune.lit.callbacks import CompensationCallback, ScoringCallback, summary_line
 from numprune.lit.cli import instantiate, parse
-from numprune.methods import effective_options
+from numprune.methods import effective_options, get_method
 from numprune.passes import dense_statistics
 from numprune.points import Grid, Point, expand
 from numprune.provenance import count_params
@@ -121,17 +121,19 @@ class Runner:
 
     def run_point(self, p: Point) -> list[dict[str, Any]]:
         """One Lightning run: calibrate, prune (ratio > 0), evaluate; the rows appended to the CSV."""
-        callbacks = pruning_callbacks(p.ratio, p.method, **p.options) if p.ratio > 0 else []
-        run = instantiate(p.args, callbacks)
+        pruning = (ScoringCallback(p.ratio, p.method, **p.options), CompensationCallback()) if p.ratio > 0 else None
+        run = instantiate(p.args, pruning or [])
         module, dm, trainer = run.module, run.datamodule, run.trainer
+        assert trainer is not None
         context = module.run_context(dm)
         base = base_row(p, context)
         out, stem = self.output(), _stem(base)
         module.set_output(out, stem)
-        if callbacks:
-            callbacks[1].plan_path = None if out is None else str(out / "plans" / f"{stem}.json")
-            if p.share_dense_stats:
-                callbacks[0].dense_stats = self._shared_stats(module, dm, context)
+        if pruning is not None:
+            scoring, compensation = pruning
+            compensation.plan_path = None if out is None else str(out / "plans" / f"{stem}.json")
+            if p.share_dense_stats and get_method(p.method).scoring == "dense":
+                scoring.dense_stats = self._shared_stats(module, dm, context)
         trainer.validate(module, datamodule=dm, verbose=False)
         if not trainer.is_global_zero:
             return []

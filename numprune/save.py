@@ -12,12 +12,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from numprune import pruned_model
 from numprune.errors import NumpruneError
 from numprune.plan import PruningPlan
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 PLAN_FILE = "pruning_plan.json"
 MODELING_FILE = "modeling_numprune.py"
@@ -71,7 +73,7 @@ def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
 
 
 def save_pruned(
-    model: nn.Module, out: str | Path, plan: PruningPlan | None = None, tokenizer=None, overwrite: bool = False
+    model: PreTrainedModel, out: str | Path, plan: PruningPlan | None = None, tokenizer=None, overwrite: bool = False
 ) -> Path:
     """Write safetensors weights, ``config.json`` (per-layer shapes), the modeling file and the plan."""
     with atomic_directory(out, overwrite) as tmp:

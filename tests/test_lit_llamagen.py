@@ -21,7 +21,8 @@ from numprune.cli import main
 from numprune.eval.image_metrics import save_random_inception
 from numprune.lit import LlamaGenModule, pruning_callbacks
 from numprune.lit.llamagen_specs import CalibrationSpec, GenerationSpec, MetricsSpec
-from numprune.llamagen.gpt import GPTConfig, build_gpt
+from numprune.llamagen.config import GPTConfig
+from numprune.llamagen.gpt import build_gpt
 from numprune.llamagen.sampling import calibration_tokens, generate_images
 from numprune.llamagen.vq import VQConfig, VQModel
 from numprune.provenance import count_params

@@ -13,7 +13,8 @@ import torch
 from numprune import NumpruneError, prune_
 from numprune.adapters import get_adapter
 from numprune.llamagen.checkpoint import load_llamagen, load_official_gpt, official_state_dict, save_llamagen
-from numprune.llamagen.gpt import GPTConfig, LlamaGen, build_gpt, gpt_config
+from numprune.llamagen.config import GPTConfig, gpt_config
+from numprune.llamagen.gpt import LlamaGen, build_gpt
 from numprune.llamagen.rope import apply_rope_2d, rope_2d_table
 from numprune.llamagen.sampling import calibration_tokens, filter_logits, generate_images, generate_tokens
 from numprune.llamagen.vq import VQConfig, VQModel, load_official_vq

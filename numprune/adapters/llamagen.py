@@ -19,38 +19,41 @@ from numprune.adapters.base import LayerGeometry
 
 
 class LlamaGenAdapter:
+    """Models and layers are ``numprune.llamagen.gpt.LlamaGen`` / ``TransformerBlock`` (typed ``Any``: the
+    adapter is where a layout is read attribute by attribute)."""
+
     name = "llamagen"
 
-    def layers(self, model: nn.Module) -> nn.ModuleList:
+    def layers(self, model: Any) -> nn.ModuleList:
         return model.layers
 
-    def geometry(self, layer: nn.Module) -> LayerGeometry:
+    def geometry(self, layer: Any) -> LayerGeometry:
         heads = layer.attention.n_head
         ffn = layer.feed_forward
         inter = ffn.w2.in_features if hasattr(ffn, "w2") else 0
         hd = layer.head_dim if heads else 0
         return LayerGeometry(hidden=layer.dim, num_heads=heads, num_kv_heads=heads, head_dim=hd, intermediate=inter)
 
-    def out_projections(self, layer: nn.Module) -> tuple[nn.Linear | None, nn.Linear | None]:
+    def out_projections(self, layer: Any) -> tuple[nn.Linear | None, nn.Linear | None]:
         return getattr(layer.attention, "wo", None), getattr(layer.feed_forward, "w2", None)
 
-    def attn_in(self, layer: nn.Module) -> list[tuple[nn.Linear, str]]:
+    def attn_in(self, layer: Any) -> list[tuple[nn.Linear, str]]:
         attn = layer.attention
         return [(attn.wqkv, "qkv")] if hasattr(attn, "wqkv") else []
 
-    def mlp_in(self, layer: nn.Module) -> list[nn.Linear]:
+    def mlp_in(self, layer: Any) -> list[nn.Linear]:
         ffn = layer.feed_forward
         return [ffn.w1, ffn.w3] if hasattr(ffn, "w1") else []
 
-    def resize_attention(self, layer: nn.Module, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
+    def resize_attention(self, layer: Any, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
         if heads != kv_heads:
             raise ValueError(f"LlamaGen has no grouped-query attention: {heads} heads vs {kv_heads} KV heads")
         return layer.resize_attention(heads, output_bias)
 
-    def resize_mlp(self, layer: nn.Module, intermediate: int, output_bias: bool) -> nn.Module:
+    def resize_mlp(self, layer: Any, intermediate: int, output_bias: bool) -> nn.Module:
         return layer.resize_mlp(intermediate, output_bias)
 
-    def run_model(self, model: nn.Module, batch: Tensor) -> Any:
+    def run_model(self, model: Any, batch: Tensor) -> Any:
         if model.max_seq:
             raise ValueError("LlamaGen has KV caches set up; call clear_caches() before calibration")
         return model(batch)  # teacher-forced [class, tokens...]
@@ -58,7 +61,7 @@ class LlamaGenAdapter:
     def layer_output(self, output: Any) -> Tensor:
         return output
 
-    def finalize(self, model: nn.Module, shapes: list[LayerGeometry], output_bias: bool) -> None:
+    def finalize(self, model: Any, shapes: list[LayerGeometry], output_bias: bool) -> None:
         """Per-layer head counts and MLP widths into the model's config (saved by ``save_llamagen``)."""
         cfg = model.config
         cfg.layer_n_heads = [s.num_heads for s in shapes]

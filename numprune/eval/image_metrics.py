@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ def _fidelity():
 
 def load_inception(weights_path: str | Path | None = None, device: torch.device | str = "cpu") -> nn.Module:
     """torch-fidelity's Inception; ``weights_path`` for offline use (None: download, cached in TORCH_HOME)."""
-    extractor_cls = _fidelity()[0]
+    extractor_cls: Any = _fidelity()[0]
     path = None if weights_path is None else str(weights_path)
     return extractor_cls("inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=path).to(
         device
@@ -49,16 +50,13 @@ def save_random_inception(path: str | Path, seed: int = 0) -> Path:
     """A randomly initialised Inception of the right architecture for offline tests. Convolutions and the
     classifier are Kaiming re-initialised: PyTorch's default init shrinks activations through ~90 layers until
     every feature (and so every FID) is about 0 (OFFLINE.md)."""
-    extractor_cls = _fidelity()[0]
-
-    class _Unloaded(extractor_cls):
-        def load_state_dict(self, *args, **kwargs):  # the constructor loads weights; there are none yet
-            return None
+    # the constructor loads weights; there are none yet: a subclass whose load_state_dict does nothing
+    unloaded = type("_Unloaded", (_fidelity()[0],), {"load_state_dict": lambda self, *args, **kwargs: None})
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({}, path)
-    net = _Unloaded("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    net = unloaded("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for m in net.modules():
@@ -96,7 +94,8 @@ def extract_features(images: np.ndarray | Tensor, extractor: nn.Module, batch_si
         )
     device = next(extractor.parameters()).device
     grabbed: list[Tensor] = []
-    hook = extractor.Mixed_6d.branch1x1.register_forward_hook(
+    mixed: Any = getattr(extractor, "Mixed_6d")  # noqa: B009  (torch-fidelity's submodule)
+    hook = mixed.branch1x1.register_forward_hook(
         lambda _m, _i, out: grabbed.append(spatial_features(out).float().cpu())
     )
     pools, logits = [], []
@@ -180,7 +179,9 @@ def frechet_distance_features(gen: Tensor, stats: dict[str, np.ndarray]) -> floa
 
 
 def _fid(gen: Tensor, real: Tensor | None, real_stats: dict[str, np.ndarray] | None) -> float:
-    stats = real_stats if real_stats is not None else statistics(real)
+    if real_stats is None and real is None:
+        raise ValueError("FID needs real features or reference statistics")
+    stats = real_stats if real_stats is not None else statistics(cast(Tensor, real))
     if len(gen) <= gen.shape[1]:
         return frechet_distance_features(gen, stats)
     return frechet_distance(statistics(gen), stats)
@@ -204,14 +205,14 @@ def metrics_from_features(
     out: dict[str, float] = {"num_generated": float(len(gen.pool))}
     if "fid" in metrics:
         stats = None if real_stats is None else {"mu": real_stats["mu"], "sigma": real_stats["sigma"]}
-        out["fid"] = _fid(gen.pool, None if stats else real.pool, stats)
+        out["fid"] = _fid(gen.pool, None if stats or real is None else real.pool, stats)
     if "sfid" in metrics:
         stats = None
         if real_stats is not None:
             if "mu_s" not in real_stats:
                 raise ValueError("the reference statistics have no mu_s / sigma_s for sFID")
             stats = {"mu": real_stats["mu_s"], "sigma": real_stats["sigma_s"]}
-        out["sfid"] = _fid(gen.spatial, None if stats else real.spatial, stats)
+        out["sfid"] = _fid(gen.spatial, None if stats or real is None else real.spatial, stats)
     if "is" in metrics:
         isc = metric_isc.isc_features_to_metric(gen.logits, splits=isc_splits, shuffle=isc_shuffle)
         out["is"], out["is_std"] = isc["inception_score_mean"], isc["inception_score_std"]

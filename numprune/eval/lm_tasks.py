@@ -173,7 +173,7 @@ def task_configs(tm, name: str, data_dir: str | Path | None) -> tuple[list[dict[
         return [with_local_data(registered_config(tm, name), folder)], f"local:{folder}"
     probe = with_local_data(registered_config(tm, "mmlu_abstract_algebra"), folder)
     eval_split = probe.get("test_split") or probe["validation_split"]
-    configs = []
+    configs: list[dict[str, Any] | str] = []
     for subject in _subjects(probe["dataset_kwargs"]["data_files"][eval_split]):
         cfg = with_local_data(registered_config(tm, f"mmlu_{subject}"), folder)
         cfg["process_docs"] = _subject_filter(subject, cfg.get("process_docs"))

@@ -42,12 +42,16 @@ from numprune.prune import Reduce, apply_plan_, plan_pruning
 log = logging.getLogger("numprune")
 
 
-def _calibration(trainer: L.Trainer, pl_module: L.LightningModule, who: str) -> tuple[Tensor, dict]:
-    """This process's shard of the calibration rows, and their description (``PrunableModule.calibration``: the
-    datamodule's windows for text models, the model's own samples for LlamaGen)."""
+def _prunable(pl_module: L.LightningModule, who: str) -> PrunableModule:
     if not isinstance(pl_module, PrunableModule):
         raise NumpruneError(f"{who} prunes a numprune.lit.PrunableModule, got {type(pl_module).__name__}")
-    windows, info = pl_module.calibration(trainer.datamodule)
+    return pl_module
+
+
+def _calibration(trainer: L.Trainer, module: PrunableModule) -> tuple[Tensor, dict]:
+    """This process's shard of the calibration rows, and their description (``PrunableModule.calibration``: the
+    datamodule's windows for text models, the model's own samples for LlamaGen)."""
+    windows, info = module.calibration(getattr(trainer, "datamodule", None))
     world, rank = trainer.world_size, trainer.global_rank
     if windows.shape[0] < world:
         raise NumpruneError(f"{windows.shape[0]} calibration samples cannot be shared by {world} processes")
@@ -108,17 +112,18 @@ class ScoringCallback(L.Callback):
         if stage == TrainerFn.FITTING:
             _refuse_fit(trainer, pl_module)
             return
-        if getattr(pl_module, "plan", None) is not None:
+        module = _prunable(pl_module, "ScoringCallback")
+        if module.plan is not None:
             return  # once per run: a module that has a plan is not scored again
-        calib, info = _calibration(trainer, pl_module, "ScoringCallback")
-        pl_module.configure_model()
+        calib, info = _calibration(trainer, module)
+        module.configure_model()
         with torch.inference_mode(False), torch.no_grad():
             plan, stats = plan_pruning(
-                pl_module.model, calib, _on_device(self.cfg, trainer), calibration_info=info,
+                module.model, calib, _on_device(self.cfg, trainer), calibration_info=info,
                 reduce=_reduce(trainer), dense_stats=self.dense_stats,
             )  # fmt: skip
         _check_same_on_every_rank(trainer, plan)
-        pl_module.plan, pl_module.pruning_stats, pl_module.plan_applied = plan, stats, False
+        module.plan, module.pruning_stats, module.plan_applied = plan, stats, False
         a = plan.achieved
         log.info(
             "numprune scoring: %s ratio %.2f -> %d/%d attention units, %d/%d MLP channels to prune (%.1f s)",
@@ -148,23 +153,24 @@ class CompensationCallback(L.Callback):
         if stage == TrainerFn.FITTING:
             _refuse_fit(trainer, pl_module)
             return
-        if getattr(pl_module, "plan_applied", False):
+        module = _prunable(pl_module, "CompensationCallback")
+        if module.plan_applied:
             return
-        plan: PruningPlan | None = getattr(pl_module, "plan", None)
+        plan = module.plan
         if plan is None:
             raise NumpruneError(
                 "CompensationCallback found no pruning plan on the module: add ScoringCallback before it "
                 "(numprune.lit.pruning_callbacks returns the pair in order) or set module.plan = PruningPlan.load(...)"
             )
-        pl_module.configure_model()
+        module.configure_model()
         cfg = _on_device(config_of(plan), trainer)
-        stats = getattr(pl_module, "pruning_stats", None)
+        stats = module.pruning_stats
         needs_calibration = stats is None and get_method(plan.method).needs_stats(cfg)
-        calib = _calibration(trainer, pl_module, "CompensationCallback")[0] if needs_calibration else None
+        calib = _calibration(trainer, module)[0] if needs_calibration else None
         start = time.perf_counter()
         with torch.inference_mode(False), torch.no_grad():
-            apply_plan_(pl_module.model, plan, calib, cfg, stats=stats, reduce=_reduce(trainer))
-        pl_module.plan_applied, pl_module.pruning_stats = True, None
+            apply_plan_(module.model, plan, calib, cfg, stats=stats, reduce=_reduce(trainer))
+        module.plan_applied, module.pruning_stats = True, None
         log.info("numprune: %s", summary_line(plan, time.perf_counter() - start))
         if trainer.logger is not None:
             a = plan.achieved
@@ -177,7 +183,9 @@ class CompensationCallback(L.Callback):
                     "prune/seconds": plan.timing["prune_seconds"],
                 }
             )
-        path = self.plan_path or (Path(trainer.log_dir) / "pruning_plan.json" if trainer.logger else None)
+        path = self.plan_path or (
+            Path(trainer.log_dir) / "pruning_plan.json" if trainer.logger and trainer.log_dir else None
+        )
         if path is not None and trainer.is_global_zero:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             plan.save(path)

@@ -75,7 +75,7 @@ class NumpruneCLI(LightningCLI):
             super().instantiate_classes()
         elif self.build == "classes":
             self.config_init = self.parser.instantiate_classes(self.config)
-            self.model, self.datamodule, self.trainer = self.config_init.model, self.config_init.get("data"), None
+            self.model, self.datamodule = self.config_init.model, self.config_init.get("data")
 
 
 @dataclass
@@ -110,7 +110,7 @@ def instantiate(args: Sequence[str], callbacks: Sequence[L.Callback] = (), train
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
-    return _checked(Run(cli.model, cli.datamodule, cli.trainer))
+    return _checked(Run(cli.model, cli.datamodule, cli.trainer if trainer else None))
 
 
 def _checked(run: Run) -> Run:

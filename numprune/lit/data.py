@@ -8,6 +8,8 @@ the padding duplicates of Lightning's default sampler, so window and token count
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -80,13 +82,17 @@ class TextDataModule(L.LightningDataModule):
         return self._tokenizer
 
     @property
+    def _h(self) -> Any:
+        return self.hparams  # an AttributeDict of the init arguments
+
+    @property
     def eval_names(self) -> list[str]:
         return list(self.evals)
 
     def calibration(self) -> tuple[Tensor, dict]:
         """All ``[nsamples, seqlen]`` calibration windows and how they were made (for the plan and the rows)."""
         if self._calib is None:
-            h = self.hparams
+            h: Any = self.hparams
             corpus = load_corpus(h.calib, h.data_dir, default_split="train")
             windows = calibration_windows(corpus, self.tokenizer, h.nsamples, h.seqlen, seed=h.seed)
             info = {"dataset": f"{corpus.name}:{corpus.split}", "source": corpus.source, "seed": h.seed}
@@ -96,7 +102,7 @@ class TextDataModule(L.LightningDataModule):
     def eval_set(self, name: str) -> tuple[Tensor, str]:
         """``[W, eval_seqlen]`` windows of one evaluation set and its source."""
         if name not in self._eval:
-            h = self.hparams
+            h: Any = self.hparams
             corpus = load_corpus(name, h.data_dir)
             windows = eval_windows(corpus, self.tokenizer, h.eval_seqlen, h.max_windows, h.c4_windows, seed=h.seed)
             self._eval[name] = windows, corpus.source
@@ -107,7 +113,7 @@ class TextDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         data = TensorDataset(windows)
         sampler = UnrepeatedDistributedSampler(data, num_replicas=world, rank=rank, shuffle=False)  # no padding
-        return DataLoader(data, batch_size=self.hparams.batch_size, sampler=sampler)
+        return DataLoader(data, batch_size=self._h.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(self.eval_set(name)[0]) for name in self.evals]
@@ -115,5 +121,5 @@ class TextDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """The calibration windows, shuffled with the seed (e.g. for a short recovery fine-tune)."""
         windows, _ = self.calibration()
-        gen = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(TensorDataset(windows), batch_size=self.hparams.batch_size, shuffle=True, generator=gen)
+        gen = torch.Generator().manual_seed(self._h.seed)
+        return DataLoader(TensorDataset(windows), batch_size=self._h.batch_size, shuffle=True, generator=gen)

@@ -88,7 +88,7 @@ class LlamaGenModule(PrunableModule):
         self.save_hyperparameters()
         self.image_size, self.eval_size, self.dtype_name = image_size, eval_size, precision
         self.sample_dir, self.calibration_cache = sample_dir, calibration_cache
-        self.vq: torch.nn.Module | None = None
+        self.vq: Any = None
         self.calibration_seconds = 0.0
         self.scores: dict[str, float] = {}  # the last validation's metrics, full precision (for result rows)
         self._calib: tuple[Tensor, dict] | None = None
@@ -97,7 +97,7 @@ class LlamaGenModule(PrunableModule):
     @classmethod
     def from_models(cls, model, vq, spec: GPTSpec | None = None, **kwargs: Any) -> LlamaGenModule:
         """Wrap already built models (tests, notebooks)."""
-        module = cls(spec or GPTSpec(name=str(getattr(model.config, "_name_or_path", "in-memory"))), **kwargs)
+        module = cls(spec or GPTSpec(name=str(getattr(model.config, "_name_or_path", "") or "in-memory")), **kwargs)
         module.model, module.vq = model, vq
         return module
 

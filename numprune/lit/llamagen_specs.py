@@ -98,7 +98,7 @@ def class_ids(spec: str | list[int], num_classes: int, what: str) -> list[int]:
 
 def gpt_config_of(spec: GPTSpec, image_size: int):
     """The ``GPTConfig`` of a spec (shapes, classes, tokens per image), without building weights."""
-    from numprune.llamagen.gpt import gpt_config
+    from numprune.llamagen.config import gpt_config
 
     return gpt_config(spec.gpt_model, image_size, **spec.config)
 
@@ -106,7 +106,8 @@ def gpt_config_of(spec: GPTSpec, image_size: int):
 def load_gpt(spec: GPTSpec, image_size: int, dtype: torch.dtype):
     """The GPT of a grid entry: an official checkpoint, or random weights (``random_init``, tests)."""
     from numprune.llamagen.checkpoint import load_official_gpt
-    from numprune.llamagen.gpt import build_gpt, gpt_config
+    from numprune.llamagen.config import gpt_config
+    from numprune.llamagen.gpt import build_gpt
 
     if spec.checkpoint is not None and not spec.random_init:
         return load_official_gpt(spec.checkpoint, spec.gpt_model, image_size, dtype=dtype, **spec.config)

@@ -31,7 +31,7 @@ class PrunableModule(L.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.model: nn.Module | None = None
+        self.model: Any = None  # a Hugging Face model, a LlamaGen GPT, ...: loaded in configure_model
         self.plan: PruningPlan | None = None  # set by ScoringCallback (or by hand: PruningPlan.load)
         self.plan_applied = False  # set by CompensationCallback
         self.pruning_stats: list | None = None  # dense statistics kept between scoring and compensation
@@ -102,7 +102,11 @@ class CausalLMModule(PrunableModule):
         if self.model is None:  # called by every trainer.fit/validate: load once
             from numprune.hub import load_model
 
-            self.model, _ = load_model(self.model_name, dtype=parse_dtype(self.hparams.dtype))
+            self.model, _ = load_model(self.model_name, dtype=parse_dtype(self._h.dtype))
+
+    @property
+    def _h(self) -> Any:
+        return self.hparams  # an AttributeDict of the init arguments
 
     def forward(self, input_ids: Tensor) -> Tensor:
         return self.model(input_ids=input_ids, use_cache=False).logits
@@ -119,7 +123,7 @@ class CausalLMModule(PrunableModule):
         nll, count = window_nll(self.model, batch[0])
         if not torch.isfinite(nll):
             raise NumpruneError(f"non-finite loss in batch {batch_idx} of evaluation set {dataloader_idx}")
-        sums = self.sums[dataloader_idx]
+        sums: Any = self.sums[dataloader_idx]
         sums["nll"].update(nll)
         sums["tokens"].update(float(count))
         sums["windows"].update(float(batch[0].shape[0]))
@@ -130,7 +134,8 @@ class CausalLMModule(PrunableModule):
         names = self._eval_names() or [f"set{i}" for i in range(len(self.sums))]
         self.results = {}
         for idx, name in enumerate(names):
-            total = {k: float(v) for k, v in self.sums[idx].compute().items()}
+            sums: Any = self.sums[idx]
+            total = {k: float(v) for k, v in sums.compute().items()}
             ppl = math.exp(total["nll"] / total["tokens"]) if total["tokens"] else float("nan")
             self.results[name] = {"ppl": ppl, "windows": total["windows"], "tokens": total["tokens"]}
             for key, value in self.results[name].items():
@@ -139,7 +144,7 @@ class CausalLMModule(PrunableModule):
                     self.log(f"val/{key}", value, sync_dist=False, rank_zero_only=True)
 
     def _eval_names(self) -> list[str]:
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = getattr(self._trainer, "datamodule", None)
         return list(getattr(dm, "evals", None) or [])
 
     # --- what the runner asks ----------------------------------------------------------------------------
@@ -199,4 +204,4 @@ class CausalLMModule(PrunableModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr)
+        return torch.optim.AdamW(self.model.parameters(), lr=self._h.lr)

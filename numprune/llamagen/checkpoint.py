@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from numprune.llamagen.gpt import GPTConfig, LlamaGen, gpt_config
+from numprune.llamagen.config import GPTConfig, gpt_config
+from numprune.llamagen.gpt import LlamaGen
 from numprune.llamagen.state_dict import load_checked_, read_state_dict
 from numprune.plan import PruningPlan
 from numprune.save import PLAN_FILE, atomic_directory

@@ -13,80 +13,15 @@ checkpoints load with a strict key check. Differences from the official module, 
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from numprune.adapters.llamagen import LlamaGenAdapter
+from numprune.llamagen.config import GPTConfig, find_multiple
 from numprune.llamagen.rope import apply_rope_2d, rope_2d_table
-
-
-def find_multiple(n: int, k: int) -> int:
-    return n if n % k == 0 else n + k - n % k
-
-
-@dataclass
-class GPTConfig:
-    dim: int = 4096
-    n_layer: int = 32
-    n_head: int = 32
-    head_dim: int | None = None  # None: dim // n_head (3B: 100)
-    ffn_dim: int | None = None  # None: find_multiple(int(2 * 4 * dim / 3), multiple_of)
-    multiple_of: int = 256
-    vocab_size: int = 16384
-    num_classes: int = 1000
-    cls_token_num: int = 1
-    block_size: int = 576  # image tokens: a square grid (24 x 24 at 384 px with the x16 tokenizer)
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
-    layer_n_heads: list[int] | None = None  # pruned: heads per layer (0 = attention block removed)
-    layer_ffn_dims: list[int] | None = None  # pruned: MLP channels per layer (0 = MLP block removed)
-    output_bias: bool = False  # pruned with a bias-adding method (FLAP): wo / w2 carry a bias
-
-    def __post_init__(self) -> None:
-        if self.head_dim is None:
-            self.head_dim = self.dim // self.n_head
-        if self.ffn_dim is None:
-            self.ffn_dim = find_multiple(int(2 * 4 * self.dim / 3), self.multiple_of)
-        grid = math.isqrt(self.block_size)
-        if grid * grid != self.block_size:
-            raise ValueError(f"block_size {self.block_size} is not a square grid")
-        if self.head_dim % 4:
-            raise ValueError(f"2D RoPE needs head_dim divisible by 4, got {self.head_dim}")
-
-    @property
-    def grid_size(self) -> int:
-        return math.isqrt(self.block_size)
-
-    def heads(self, i: int) -> int:
-        return self.layer_n_heads[i] if self.layer_n_heads is not None else self.n_head
-
-    def ffn(self, i: int) -> int:
-        return self.layer_ffn_dims[i] if self.layer_ffn_dims is not None else self.ffn_dim
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-# name -> (n_layer, n_head, dim); head_dim = dim // n_head (GPT_models in the official gpt.py)
-CONFIGS: dict[str, dict[str, int]] = {
-    "GPT-B": dict(n_layer=12, n_head=12, dim=768),
-    "GPT-L": dict(n_layer=24, n_head=16, dim=1024),
-    "GPT-XL": dict(n_layer=36, n_head=20, dim=1280),
-    "GPT-XXL": dict(n_layer=48, n_head=24, dim=1536),
-    "GPT-3B": dict(n_layer=24, n_head=32, dim=3200),
-}
-
-
-def gpt_config(name: str, image_size: int = 384, downsample: int = 16, **overrides) -> GPTConfig:
-    if name not in CONFIGS:
-        raise KeyError(f"unknown LlamaGen model {name!r}; available: {', '.join(CONFIGS)}")
-    grid = image_size // downsample
-    return GPTConfig(**{**CONFIGS[name], "block_size": grid * grid, **overrides})
 
 
 class RMSNorm(nn.Module):
@@ -103,6 +38,9 @@ class RMSNorm(nn.Module):
 
 class KVCache(nn.Module):
     """Keys and values of one layer for ``max_batch`` rows; buffers are not persistent (not in state_dict)."""
+
+    k_cache: Tensor
+    v_cache: Tensor
 
     def __init__(self, batch: int, heads: int, max_seq: int, head_dim: int, dtype: torch.dtype, device) -> None:
         super().__init__()
@@ -137,6 +75,8 @@ class Attention(nn.Module):
         q, k = apply_rope_2d(q, freqs_cis), apply_rope_2d(k, freqs_cis)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, hd]
         if self.kv_cache is not None:
+            if input_pos is None:
+                raise ValueError("a KV cache needs input_pos")
             k, v = self.kv_cache.update(input_pos, k, v)  # [B, H, max_seq, hd]; mask hides unwritten slots
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         return self.wo(y.transpose(1, 2).reshape(b, s, inner))
@@ -170,8 +110,8 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg: GPTConfig, n_head: int, ffn_dim: int) -> None:
         super().__init__()
         self.dim, self.head_dim = cfg.dim, cfg.head_dim
-        self.attention = Attention(cfg.dim, n_head, cfg.head_dim, cfg.output_bias)
-        self.feed_forward = FeedForward(cfg.dim, ffn_dim, cfg.output_bias)
+        self.attention: Attention | EmptyBlock = Attention(cfg.dim, n_head, cfg.head_dim, cfg.output_bias)
+        self.feed_forward: FeedForward | EmptyBlock = FeedForward(cfg.dim, ffn_dim, cfg.output_bias)
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         if n_head == 0:
@@ -191,16 +131,18 @@ class TransformerBlock(nn.Module):
         if n_head == 0:
             self.attention = EmptyBlock(self.dim, output_bias, like)
             return self.attention
-        self.attention = Attention(self.dim, n_head, self.head_dim, output_bias).to(like.device, like.dtype)
-        return self.attention.wo
+        attention = Attention(self.dim, n_head, self.head_dim, output_bias).to(like.device, like.dtype)
+        self.attention = attention
+        return attention.wo
 
     def resize_mlp(self, ffn_dim: int, output_bias: bool) -> nn.Module:
         like = self.ffn_norm.weight
         if ffn_dim == 0:
             self.feed_forward = EmptyBlock(self.dim, output_bias, like)
             return self.feed_forward
-        self.feed_forward = FeedForward(self.dim, ffn_dim, output_bias).to(like.device, like.dtype)
-        return self.feed_forward.w2
+        feed_forward = FeedForward(self.dim, ffn_dim, output_bias).to(like.device, like.dtype)
+        self.feed_forward = feed_forward
+        return feed_forward.w2
 
 
 class LabelEmbedder(nn.Module):
@@ -250,18 +192,23 @@ class LlamaGen(nn.Module):
         """Allocate per-layer KV caches (each layer's own head count), ``max_seq`` rounded up to 8."""
         like = self.output.weight
         max_seq = find_multiple(max_seq, 8)
-        for layer in self.layers:
+        for layer in self.blocks():
             attn = layer.attention
-            if attn.n_head:
+            if isinstance(attn, Attention):
                 attn.kv_cache = KVCache(
                     max_batch, attn.n_head, max_seq, layer.head_dim, dtype or like.dtype, like.device
                 )
         self.max_seq = max_seq
 
     def clear_caches(self) -> None:
-        for layer in self.layers:
-            layer.attention.kv_cache = None
+        for layer in self.blocks():
+            if isinstance(layer.attention, Attention):
+                layer.attention.kv_cache = None
         self.max_seq = 0
+
+    def blocks(self) -> list[TransformerBlock]:
+        """The decoder blocks, typed."""
+        return cast(list[TransformerBlock], list(self.layers))
 
     def embed(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         """``[B, S]`` ids at ascending positions ``input_pos`` -> ``[B, S, dim]``; class ids before image ids."""

@@ -6,6 +6,7 @@ import pickle
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,23 +23,26 @@ def read_state_dict(source: str | Path | Mapping[str, Tensor], trusted: bool = F
     (DeepSpeed: ``"module"``; some tools: ``"state_dict"``). Pickles load with ``weights_only=True`` unless
     ``trusted`` (only for files whose origin you trust).
     """
-    if isinstance(source, (str, Path)):
+    loaded: Mapping[str, Any]
+    if isinstance(source, Mapping):
+        loaded = source
+    else:
         path = Path(source)
         if not path.exists():
             raise NumpruneError(f"checkpoint {path} does not exist")
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            source = load_file(str(path))
+            loaded = load_file(str(path))
         else:
             try:
-                source = torch.load(path, map_location="cpu", weights_only=not trusted, mmap=True)
+                loaded = torch.load(path, map_location="cpu", weights_only=not trusted, mmap=True)
             except pickle.UnpicklingError as err:
                 raise NumpruneError(
                     f"{path} holds objects that weights_only loading refuses ({err}); if you trust the file, "
                     "pass trusted=True"
                 ) from err
-    sd = dict(source)
+    sd = dict(loaded)
     for key in WRAPPER_KEYS:
         if key in sd and isinstance(sd[key], Mapping):
             return dict(sd[key])

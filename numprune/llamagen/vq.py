@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +94,7 @@ def _level(c_in: int, c_out: int, n_res: int, attn: bool, groups: int) -> nn.Mod
     return level
 
 
-def _run_level(level: nn.Module, h: Tensor) -> Tensor:
+def _run_level(level: Any, h: Tensor) -> Tensor:  # a ``_level`` module (attributes set at build time)
     for i, res in enumerate(level.res):
         h = res(h)
         if len(level.attn):
@@ -123,6 +124,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv_in(x)
+        level: Any
         for level in self.conv_blocks:
             h = _run_level(level, h)
             if hasattr(level, "downsample"):
@@ -153,6 +155,7 @@ class Decoder(nn.Module):
         h = self.conv_in(z)
         for block in self.mid:
             h = block(h)
+        level: Any
         for level in self.conv_blocks:
             h = _run_level(level, h)
             if hasattr(level, "upsample"):
