@@ -19,7 +19,7 @@ _EXPORTS = {
     "PruningPlan": "numprune.plan",
     "apply_plan_": "numprune.prune",
     "compensate": "numprune.compensate",
-    "load_pruned": "numprune.pruned_model",
+    "load_pruned": "numprune.save",
     "numerical_score": "numprune.score",
     "plan_pruning": "numprune.prune",
     "prune_": "numprune.prune",
@@ -45,8 +45,7 @@ if TYPE_CHECKING:
     from numprune.errors import NumpruneError
     from numprune.plan import LayerPlan, PruningPlan
     from numprune.prune import apply_plan_, plan_pruning, prune_
-    from numprune.pruned_model import load_pruned
-    from numprune.save import save_pruned
+    from numprune.save import load_pruned, save_pruned
     from numprune.score import numerical_score
 
 

@@ -82,7 +82,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
     """Load a causal LM (dense or pruned by numprune) and its tokenizer from an alias, hub ID or directory."""
     from transformers import AutoTokenizer
 
-    from numprune.pruned_model import load_pruned
+    from numprune.save import load_pruned
 
     problem = missing_model(name)
     if problem:

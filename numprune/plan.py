@@ -29,6 +29,9 @@ class PruningPlan:
     model: dict[str, Any] = field(default_factory=dict)  # name_or_path, model_type, fingerprint
     timing: dict[str, float] = field(default_factory=dict)  # seconds, peak memory
     versions: dict[str, str] = field(default_factory=dict)
+    # methods that rewrite the model (scoring "transform"): kind ("depth", "slicegpt") and what was removed or
+    # sliced (removed_layers; residual_dims); empty for head/channel plans
+    transform: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -36,6 +39,19 @@ class PruningPlan:
 
     def summary(self) -> str:
         a = self.achieved
+        t = self.transform
+        tail = f"model params {a['model_params_before']:,} -> {a['model_params_after']:,}"
+        if t.get("kind") == "depth":
+            return (
+                f"{self.method} ratio {self.ratio:.2f}: removed {len(t['removed_layers'])}/{t['dense_layers']} "
+                f"decoder blocks {t['removed_layers']}, {a['params_ratio']:.4f} of attention+MLP params; {tail}"
+            )
+        if t.get("kind") == "slicegpt":
+            return (
+                f"{self.method} ratio {self.ratio:.2f}: residual stream {t['hidden']} -> {t['dim']} "
+                f"({1 - t['dim'] / t['hidden']:.1%} sliced), removed {a['params_ratio']:.4f} of attention+MLP "
+                f"params (shortcut matrices counted); {tail}"
+            )
         return (
             f"{self.method} ratio {self.ratio:.2f} ({self.options.get('ratio_of', 'params')}): "
             f"removed {a['params_ratio']:.4f} of attention+MLP params, "

@@ -58,8 +58,16 @@ def prune_(
         dense_stats: ``dense_statistics(model, calibration)`` computed before, on this dense model and this
             calibration (grids share one pass across methods and ratios); replaces the dense pass.
         **options: any other ``PruneConfig`` field.
+
+    Methods that rewrite the model (``scoring="transform"``: ``slicegpt``, ``depth``) run their own pass
+    instead (``numprune.transform``); ``dense_stats`` is then not used.
     """
     cfg = make_config(ratio, method, **options)
+    meth = get_method(cfg.method)
+    if meth.scoring == "transform":
+        from numprune.transform import transform_model_
+
+        return transform_model_(model, calibration, cfg, meth, calibration_info)
     plan, stats = plan_pruning(model, calibration, cfg, calibration_info=calibration_info, dense_stats=dense_stats)
     apply_plan_(model, plan, calibration, cfg, stats=stats)
     return plan
@@ -84,6 +92,7 @@ def plan_pruning(
     """
     adapter = get_adapter(model)
     meth = get_method(cfg.method)
+    _refuse_transform(meth)
     meth.check(cfg)
     calibration = check_calibration(calibration)
     device = _compute_device(model, cfg, reset_peak=True)
@@ -181,6 +190,7 @@ def apply_plan_(
     check_plan_matches(model, plan)
     adapter = get_adapter(model)
     meth = get_method(cfg.method)
+    _refuse_transform(meth)
     device = _compute_device(model, cfg)
     start = time.perf_counter()
     was_training = model.training
@@ -204,6 +214,11 @@ def apply_plan_(
     plan.timing["prune_seconds"] = plan.timing.get("score_seconds", 0.0) + plan.timing["apply_seconds"]
     plan.timing.update(_peak_memory(device))
     return plan
+
+
+def _refuse_transform(meth: Method) -> None:
+    if meth.scoring == "transform":
+        raise NumpruneError(f"{meth.name} rewrites the model in one pass, without a head/channel plan: call prune_")
 
 
 def output_bias(model: nn.Module, adapter: Adapter, meth: Method, cfg: PruneConfig) -> bool:

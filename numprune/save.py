@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from numprune import pruned_model
+from numprune import pruned_model, sliced_model
 from numprune.errors import NumpruneError
 from numprune.plan import PruningPlan
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 PLAN_FILE = "pruning_plan.json"
 MODELING_FILE = "modeling_numprune.py"
+# the module named in a saved config's auto_map -> the self-contained file copied under that name
+MODELING_SOURCES = {"modeling_numprune": pruned_model.__file__, "modeling_numprune_sliced": sliced_model.__file__}
 
 
 def check_output_dir(out: str | Path, overwrite: bool) -> Path:
@@ -78,13 +80,21 @@ def save_pruned(
     """Write safetensors weights, ``config.json`` (per-layer shapes), the modeling file and the plan."""
     with atomic_directory(out, overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        if getattr(model.config, "auto_map", None):
-            shutil.copyfile(pruned_model.__file__, tmp / MODELING_FILE)
+        for module in {ref.split(".")[0] for ref in (getattr(model.config, "auto_map", None) or {}).values()}:
+            if module not in MODELING_SOURCES:
+                raise NumpruneError(f"the model's config names remote code {module!r} that numprune does not write")
+            shutil.copyfile(MODELING_SOURCES[module], tmp / f"{module}.py")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if plan is not None:
             plan.save(tmp / PLAN_FILE)
     return Path(out)
+
+
+def load_pruned(path: str | Path, dtype=None, **kwargs) -> nn.Module:
+    """Load a model saved by numprune (heads/channels pruned, sliced, or blocks removed) or any dense model,
+    without remote code; the same logits as ``from_pretrained(path, trust_remote_code=True)``."""
+    return pruned_model.load_pruned(path, dtype=dtype, **kwargs)  # sliced types are registered by the import
 
 
 def load_plan(path: str | Path) -> PruningPlan | None:

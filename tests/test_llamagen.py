@@ -18,7 +18,7 @@ from numprune.llamagen.gpt import LlamaGen, build_gpt
 from numprune.llamagen.rope import apply_rope_2d, rope_2d_table
 from numprune.llamagen.sampling import calibration_tokens, filter_logits, generate_images, generate_tokens
 from numprune.llamagen.vq import VQConfig, VQModel, load_official_vq
-from numprune.methods import METHODS, Method
+from numprune.methods import METHODS, Method, get_method
 
 torch.set_num_threads(1)
 
@@ -315,7 +315,8 @@ def test_bench_script_runs_tiny_on_cpu(tmp_path):
     assert {r["method"] for r in got} == {"dense", "numerical"}
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+# the head/channel methods: slicegpt and depth need a ResidualAdapter, which LlamaGen's adapter is not
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if get_method(m).scoring != "transform"))
 def test_every_method_prunes_llamagen(method):
     """Every baseline (FLAP: the paper's LlamaGen baseline) runs through the adapter; masked == physical."""
     dense, masked, physical, plan = _prune_pair(ratio=0.3, method=method)

@@ -28,7 +28,8 @@ def _stats(x: torch.Tensor) -> InputStats:
     return acc.stats()
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+# the head/channel methods (slicegpt and depth rewrite the model: no masked form; tests/test_slicegpt.py, test_depth.py)
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if get_method(m).scoring != "transform"))
 def test_every_method_masked_equals_physical(model, calib, inputs, method):
     masked = copy.deepcopy(model)
     plan = prune_(model, calibration=calib, ratio=0.3, method=method, progress=False)

@@ -235,13 +235,23 @@ def test_sequential_scoring_sees_the_pruned_earlier_layers(calib, monkeypatch):
     assert kept.tolist() == plan.layers[2].channels
 
 
-def test_every_registered_method_keeps_the_contract():
-    """Each registered method is a Method; it overrides the scoring entry its ``scoring`` names."""
+def test_every_registered_method_keeps_the_contract(calib):
+    """Each registered method is a Method; it overrides the scoring entry its ``scoring`` names and no other;
+    a method that rewrites the model (``transform``) is refused by the head/channel plan phases."""
     from numprune.methods import METHODS, Method, get_method
 
+    entries = {"dense": "score", "sequential": "score", "model": "score_model", "transform": "transform_"}
     for name in METHODS:
         meth = get_method(name)
         assert isinstance(meth, Method) and meth.name == name
-        entry = "score_model" if meth.scoring == "model" else "score"
+        entry = entries[meth.scoring]
         assert getattr(type(meth), entry) is not getattr(Method, entry), (name, entry)
+        for other in set(entries.values()) - {entry, "score"}:
+            assert getattr(type(meth), other) is getattr(Method, other), (name, other)
         assert meth.repair_kind in ("refit", "bias", "slice")
+        if meth.scoring == "transform":
+            assert type(meth).score is Method.score and type(meth).repair is Method.repair, name
+            with pytest.raises(NumpruneError, match="call prune_"):
+                numprune.plan_pruning(tiny_model(), calib, numprune.PruneConfig(ratio=0.2, method=name))
+            with pytest.raises(NumpruneError, match="mask_only"):
+                prune_(tiny_model(), calibration=calib, ratio=0.2, method=name, mask_only=True)

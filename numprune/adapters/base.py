@@ -61,6 +61,19 @@ class LayerGeometry:
         return self.intermediate * self.channel_params
 
     @property
+    def params(self) -> int:
+        """Attention + MLP parameters of the layer (what every ratio counts)."""
+        return self.attention_params + self.mlp_params
+
+    def residual_params(self, d_in: int, d_mid: int, d_out: int) -> int:
+        """Attention + MLP parameters when the residual stream is ``d_in`` wide where q/k/v read it, ``d_mid``
+        where o_proj writes and the MLP reads it, ``d_out`` where the MLP writes it (SliceGPT; the shortcut
+        matrices are not included). ``residual_params(h, h, h) == params`` for ``h = hidden``."""
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        attn = q * (d_in + d_mid) + 2 * kv * d_in + ((q + 2 * kv) if self.qkv_bias else 0)
+        return attn + self.intermediate * ((self.mlp_matrices - 1) * d_mid + d_out)
+
+    @property
     def kv_cache_per_token(self) -> int:
         """Elements of K and V cached per token (times the dtype's bytes: KV-cache bytes per token)."""
         return 2 * self.num_kv_heads * self.head_dim
@@ -115,6 +128,34 @@ class Adapter(Protocol):
         """Record the pruned per-layer shapes in the model's config so that it saves and reloads."""
 
 
+class ResidualAdapter(Adapter, Protocol):
+    """What the methods that rewrite the residual stream need besides ``Adapter`` (``scoring="transform"``:
+    SliceGPT's rotations, depth pruning). Pre-norm layout assumed: an RMSNorm (no mean subtraction, so it is
+    invariant under rotations of the residual stream) before the attention, before the MLP and before the head."""
+
+    def embedding(self, model: nn.Module) -> nn.Embedding:
+        """The token embedding (writes the residual stream)."""
+
+    def lm_head(self, model: nn.Module) -> nn.Linear:
+        """The output projection (reads the residual stream); may share its weight with the embedding."""
+
+    def norm_weights(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
+        """The weights of the norms before the attention and before the MLP of a dense layer."""
+
+    def final_norm_weight(self, model: nn.Module) -> Tensor:
+        """The weight of the norm before ``lm_head``."""
+
+    def to_sliced_(self, model: nn.Module) -> None:
+        """Swap every decoder layer for a ``numprune.sliced_model.SlicedDecoderLayer`` (weightless norms,
+        identity shortcut matrices) holding the same attention and MLP modules, the final norm for a weightless
+        one, and the config for the matching sliced config (``residual_dims``, untied embeddings). The caller has
+        folded the norm weights into the linear layers that read them and untied ``lm_head``."""
+
+    def remove_layers_(self, model: nn.Module, indices: list[int]) -> None:
+        """Delete the decoder layers at ``indices``; renumber the remaining ones (KV-cache slots) and shorten the
+        per-layer config lists (layer types, per-layer shapes) so that the model saves and reloads."""
+
+
 def rows_for_heads(part: str, geo: LayerGeometry, heads: Tensor, kv_heads: Tensor) -> Tensor:
     """Row indices of a q/k/v (or fused qkv) projection that belong to the kept heads."""
 
@@ -135,3 +176,13 @@ def rows_for_heads(part: str, geo: LayerGeometry, heads: Tensor, kv_heads: Tenso
 def head_columns(geo: LayerGeometry, heads: Tensor) -> Tensor:
     """Input columns of ``o_proj`` that belong to the kept query heads: ``[h*D_h, (h+1)*D_h)``."""
     return (heads[:, None] * geo.head_dim + torch.arange(geo.head_dim)).reshape(-1)
+
+
+def residual_adapter(adapter: Adapter, method: str) -> ResidualAdapter:
+    """``adapter`` as a ``ResidualAdapter``, or a clear error naming the method that needs one."""
+    from numprune.errors import NumpruneError
+
+    missing = [m for m in ("embedding", "lm_head", "to_sliced_", "remove_layers_") if not hasattr(adapter, m)]
+    if missing:
+        raise NumpruneError(f"{method} rewrites the residual stream; the {adapter.name} adapter does not support it")
+    return adapter  # type: ignore[return-value]

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from numprune.adapters.base import LayerGeometry
 from numprune.pruned_model import PRUNED_CLASSES, resize_attention, resize_mlp
+from numprune.sliced_model import SLICED_CLASSES, ResidualRMSNorm, sliced_layer
 
 SUPPORTED_MODEL_TYPES = tuple(PRUNED_CLASSES)
 
@@ -16,6 +17,30 @@ SUPPORTED_MODEL_TYPES = tuple(PRUNED_CLASSES)
 def base_model_type(model: nn.Module) -> str:
     model_type = getattr(model.config, "model_type", "")
     return model_type.removeprefix("numpruned_")
+
+
+# config keys that name numprune's per-layer / sliced classes: a rebuilt config sets them afresh
+_NUMPRUNE_KEYS = (
+    "layer_num_heads",
+    "layer_num_kv_heads",
+    "layer_intermediate_sizes",
+    "output_bias",
+    "residual_dims",
+    "auto_map",
+    "architectures",
+    "model_type",
+    "transformers_version",
+)
+
+
+def _set_config(model: Any, new: Any) -> None:
+    """Point the model, its inner model and its attention modules at ``new``."""
+    new._attn_implementation = model.config._attn_implementation
+    model.config = new
+    model.model.config = new
+    for layer in model.model.layers:
+        if hasattr(layer.self_attn, "config"):
+            layer.self_attn.config = new
 
 
 class HFLlamaAdapter:
@@ -68,16 +93,7 @@ class HFLlamaAdapter:
         base = base_model_type(model)
         stock_cls = PRUNED_CLASSES[base][0].__mro__[1]
         fields = cfg.to_dict()
-        for key in (
-            "layer_num_heads",
-            "layer_num_kv_heads",
-            "layer_intermediate_sizes",
-            "output_bias",
-            "auto_map",
-            "architectures",
-            "model_type",
-            "transformers_version",
-        ):
+        for key in _NUMPRUNE_KEYS:
             fields.pop(key, None)
         heads = [s.num_heads for s in shapes]
         kvs = [s.num_kv_heads for s in shapes]
@@ -114,3 +130,56 @@ class HFLlamaAdapter:
         for layer in self.layers(model):
             if hasattr(layer.self_attn, "config"):
                 layer.self_attn.config = new
+
+    # ResidualAdapter: SliceGPT and depth pruning (HF modules are typed Any: their attributes are dynamic)
+
+    def embedding(self, model: Any) -> nn.Embedding:
+        return model.model.embed_tokens
+
+    def lm_head(self, model: Any) -> nn.Linear:
+        return model.lm_head
+
+    def norm_weights(self, layer: Any) -> tuple[Tensor, Tensor]:
+        return layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+
+    def final_norm_weight(self, model: Any) -> Tensor:
+        return model.model.norm.weight
+
+    def to_sliced_(self, model: Any) -> None:
+        cfg, base = model.config, base_model_type(model)
+        if base not in SLICED_CLASSES or any(getattr(cfg, k, None) for k in ("layer_num_heads", "output_bias")):
+            raise ValueError(f"slicing needs a dense {', '.join(SLICED_CLASSES)} model, got {cfg.model_type!r}")
+        hidden, eps = cfg.hidden_size, cfg.rms_norm_eps
+        layers = model.model.layers
+        for i, layer in enumerate(layers):
+            layers[i] = sliced_layer(layer, hidden, eps)
+        model.model.norm = ResidualRMSNorm(hidden, eps)
+        fields = {k: v for k, v in cfg.to_dict().items() if k not in _NUMPRUNE_KEYS}
+        cfg_cls, model_cls = SLICED_CLASSES[base]
+        new = cfg_cls(**{**fields, "tie_word_embeddings": False}, residual_dims=[hidden] * (2 * len(layers) + 1))
+        new.architectures = [model_cls.__name__]
+        new.auto_map = {
+            "AutoConfig": f"modeling_numprune_sliced.{cfg_cls.__name__}",
+            "AutoModelForCausalLM": f"modeling_numprune_sliced.{model_cls.__name__}",
+        }
+        _set_config(model, new)
+
+    def remove_layers_(self, model: Any, indices: list[int]) -> None:
+        drop = set(indices)
+        kept = [layer for i, layer in enumerate(model.model.layers) if i not in drop]
+        if not kept or len(kept) + len(drop) != len(model.model.layers):
+            raise ValueError(f"cannot remove layers {sorted(drop)} of {len(model.model.layers)}")
+        model.model.layers = nn.ModuleList(kept)
+        for i, layer in enumerate(kept):
+            if hasattr(layer.self_attn, "layer_idx"):
+                layer.self_attn.layer_idx = i  # the KV-cache slot
+        cfg = model.config
+        fields = cfg.to_dict()
+        fields["num_hidden_layers"] = len(kept)
+        for key in ("layer_types", "layer_num_heads", "layer_num_kv_heads", "layer_intermediate_sizes"):
+            if isinstance(fields.get(key), list):
+                fields[key] = [v for i, v in enumerate(fields[key]) if i not in drop]
+        for key in ("model_type", "transformers_version"):
+            fields.pop(key, None)
+        new = type(cfg)(**fields)
+        _set_config(model, new)

@@ -9,11 +9,13 @@ from typing import Any
 
 from numprune.config import make_config
 from numprune.errors import NumpruneError
-from numprune.methods.base import LayerScores, Method
+from numprune.methods.base import LayerScores, Method, Transformed
+from numprune.methods.depth import Depth
 from numprune.methods.flap import Flap
 from numprune.methods.llm_pruner import LLMPruner
 from numprune.methods.numerical import Numerical
 from numprune.methods.simple import Magnitude, Random, WandaSP
+from numprune.methods.slicegpt import SliceGPT
 from numprune.methods.slimgpt import SlimGPT
 
 METHODS: dict[str, Callable[[], Method]] = {
@@ -26,9 +28,11 @@ METHODS: dict[str, Callable[[], Method]] = {
     "llm-pruner-v": partial(LLMPruner, mode="v"),  # vector-wise Taylor
     "llm-pruner-range": partial(LLMPruner, layer_range=True),  # e1, LLM-Pruner's layer range
     "slimgpt": SlimGPT,
+    "slicegpt": SliceGPT,  # rotates and slices the residual stream (scoring="transform")
+    "depth": Depth,  # removes whole decoder blocks by Block Influence (ShortGPT; scoring="transform")
 }
 
-__all__ = ["METHODS", "LayerScores", "Method", "effective_options", "get_method"]
+__all__ = ["METHODS", "LayerScores", "Method", "Transformed", "effective_options", "get_method"]
 
 
 def get_method(name: str) -> Method:

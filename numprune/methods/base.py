@@ -7,14 +7,15 @@ right for most methods, so a new method overrides only what differs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
 from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats
 from numprune.config import Allocation, HeadScaling, PruneConfig
+from numprune.plan import LayerPlan
 
 if TYPE_CHECKING:
     from numprune.adapters.base import Adapter
@@ -25,7 +26,10 @@ if TYPE_CHECKING:
 #   "sequential" per-layer statistics through the already pruned earlier layers (per-layer allocation only:
 #                each layer is scored, selected and repaired before the next one sees its inputs)
 #   "model"      the method's own pass over the whole model (``score_model``: gradients, weights alone)
-Scoring = Literal["dense", "sequential", "model"]
+#   "transform"  the method rewrites the model itself in one pass (``transform_``: SliceGPT's rotations, whole
+#                blocks removed); ``prune_`` calls it instead of the selection, repair and surgery below, and
+#                ``plan_pruning`` / ``apply_plan_`` refuse it (there is no head/channel plan to split)
+Scoring = Literal["dense", "sequential", "model", "transform"]
 # What the repair does: "refit" new weights of the kept columns from the statistics (Eq. 11, OBS), "bias" a
 # bias that restores the mean output (FLAP), "slice" nothing (keep the columns as they are).
 Repair = Literal["refit", "bias", "slice"]
@@ -37,6 +41,17 @@ class LayerScores:
 
     heads: Tensor
     channels: Tensor
+
+
+@dataclass
+class Transformed:
+    """What a ``transform_`` did: per-layer kept heads/channels of the layers that remain, the ``achieved``
+    counts (``params_ratio`` and the attention+MLP totals, heads/channels pruned), and the transform's own
+    record (``kind`` and what it removed or sliced) for ``PruningPlan.transform``."""
+
+    layers: list[LayerPlan]
+    achieved: dict[str, float | int]
+    transform: dict[str, Any] = field(default_factory=dict)
 
 
 class Method:
@@ -61,6 +76,11 @@ class Method:
         """Scores of every layer from the method's own pass over the model (``scoring == "model"``)."""
         raise NotImplementedError(f"{self.name} scores per layer (scoring={self.scoring!r})")
 
+    def transform_(self, model: nn.Module, adapter: Adapter, calibration: Tensor, cfg: PruneConfig) -> Transformed:
+        """Rewrite ``model`` in place to remove ``cfg.ratio`` of its attention+MLP parameters
+        (``scoring == "transform"``); ``prune_`` wraps the result into the ``PruningPlan``."""
+        raise NotImplementedError(f"{self.name} prunes heads and channels (scoring={self.scoring!r})")
+
     def layer_ratios(self, ratio: float, num_layers: int) -> list[float] | None:
         """Per-layer ratios for per-layer allocation (None: every layer prunes ``ratio``)."""
         return None
@@ -84,6 +104,13 @@ class Method:
         """Refuse a configuration this method cannot run (before any model work)."""
         from numprune.errors import NumpruneError
 
+        if self.scoring == "transform":
+            refused = {"mask_only": cfg.mask_only, "ratio_of='units'": cfg.ratio_of == "units"}
+            refused["calibration_mode='streaming'"] = cfg.calibration_mode == "streaming"
+            bad = [name for name, on in refused.items() if on]
+            if bad:
+                raise NumpruneError(f"{self.name} rewrites the model in one layer-by-layer pass: {bad[0]} is refused")
+            return
         allocation = cfg.allocation or self.default_allocation
         if self.scoring == "sequential" and allocation == "global":
             raise NumpruneError(

@@ -1,0 +1,63 @@
+"""The pipeline of the methods that rewrite the model (``scoring == "transform"``: SliceGPT, depth pruning).
+
+``prune_`` calls ``transform_model_`` instead of ``plan_pruning`` + ``apply_plan_``: the method's ``transform_``
+changes the model in one pass, and this wraps what it did into the same ``PruningPlan`` as every other method
+(options after defaults, calibration, model fingerprint before the change, exact parameter counts, timing).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor, nn
+
+from numprune.adapters import get_adapter
+from numprune.calibrate import check_calibration
+from numprune.config import PruneConfig, effective_options
+from numprune.errors import NumpruneError
+from numprune.methods import Method
+from numprune.plan import PruningPlan
+from numprune.prune import _compute_device, _given, _peak_memory, count_params, library_versions, model_fingerprint
+
+
+@torch.no_grad()
+def transform_model_(
+    model: nn.Module, calibration: Tensor, cfg: PruneConfig, meth: Method, calibration_info: dict | None = None
+) -> PruningPlan:
+    """Run ``meth.transform_`` on ``model`` (in place) and return its plan."""
+    adapter = get_adapter(model)
+    meth.check(cfg)
+    calibration = check_calibration(calibration)
+    device = _compute_device(model, cfg, reset_peak=True)
+    layers = adapter.layers(model)
+    geos = [adapter.geometry(layer) for layer in layers]
+    if any(g.num_heads == 0 or g.intermediate == 0 for g in geos):
+        raise NumpruneError(f"{meth.name} needs every layer's attention and MLP blocks (a fully pruned block is here)")
+    model_info = {
+        "name_or_path": str(getattr(model.config, "_name_or_path", "")) if hasattr(model, "config") else "",
+        "adapter": adapter.name,
+        "num_layers": len(geos),
+        "fingerprint": model_fingerprint(model),
+    }
+    params_before = count_params(model)
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    done = meth.transform_(model, adapter, calibration, cfg)
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    achieved = {**done.achieved, "model_params_before": params_before, "model_params_after": count_params(model)}
+    return PruningPlan(
+        layers=done.layers,
+        dense_shapes=[g.shape for g in geos],
+        method=cfg.method,
+        ratio=cfg.ratio,
+        options=effective_options(cfg.ratio, cfg.method, **_given(cfg)),
+        achieved=achieved,
+        calibration={"nsamples": calibration.shape[0], "seqlen": calibration.shape[1], **(calibration_info or {})},
+        model=model_info,
+        timing={"prune_seconds": seconds, **_peak_memory(device)},
+        versions=library_versions(),
+        transform=done.transform,
+    )
