@@ -26,6 +26,7 @@ from numprune.runner import run_points
 RATIOS = (0.2, 0.4, 0.1, 0.3, 0.5)  # in this order, so that a partial grid has the ablation ratios first
 TIMED_RATIO = 0.2  # this point of each method runs the full pipeline; the others share one dense pass
 METHODS = ("numerical+", "numerical", "flap", "slimgpt", "wanda-sp", "llm-pruner", "magnitude", "random")
+METHODS += ("slicegpt", "depth")  # they rewrite the model: residual stream sliced, whole blocks removed (issue 10)
 # label -> (method, options). Every method prunes whole KV groups (the paper's reading of GQA); "numerical" is the
 # paper's method as the paper reads (dense compensation); "numerical+" is numprune's defaults, chosen on held-out
 # PTB validation (docs/ablations.md): query heads within KV groups, sequential compensation.

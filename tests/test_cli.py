@@ -66,6 +66,22 @@ def test_prune_then_eval(model_dir, tmp_path, capsys):
     assert row["params"] == summary["model_params_after"]
 
 
+@pytest.mark.parametrize("method", ["slicegpt", "depth"])
+def test_prune_then_eval_rewriting_methods(model_dir, tmp_path, capsys, method):
+    """SliceGPT / depth through the CLI: the saved folder reloads for eval (sliced remote code, stock config)."""
+    path, text = model_dir
+    out = tmp_path / method
+    code, stdout, err = run(capsys, *prune_argv(path, text, out, "--method", method, ratio="0.3"))
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert abs(summary["params_ratio"] - 0.3) < 0.05 and method in summary["summary"]
+    code, stdout, err = run(
+        capsys, "eval", "--model", str(out), "--dataset", str(text), "--seqlen", "32", "--max-windows", "3"
+    )
+    assert code == 0, err
+    assert json.loads(stdout)["params"] == summary["model_params_after"]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
