@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import resource
 
 import torch
 from torch import nn
@@ -68,3 +69,19 @@ def library_versions() -> dict[str, str]:
     from numprune import __version__
 
     return {"numprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def compute_device(model: nn.Module, cfg: PruneConfig, reset_peak: bool = False) -> torch.device:
+    """Where a run calibrates: ``cfg.device``, else where the model is (peak device memory reset on request)."""
+    device = torch.device(cfg.device) if cfg.device else next(model.parameters()).device
+    if reset_peak and device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return device
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak RSS of this process and, on CUDA, peak device memory (GiB)."""
+    peak = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if device.type == "cuda":
+        peak["peak_device_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return peak

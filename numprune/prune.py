@@ -6,8 +6,6 @@ repair (compensation from the dense statistics, or re-propagated sequentially) -
 
 from __future__ import annotations
 
-import dataclasses
-import resource
 import time
 
 import torch
@@ -18,20 +16,21 @@ from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats, Reduce, check_calibration
 from numprune.config import PruneConfig, make_config
 from numprune.errors import NumpruneError
-from numprune.methods import LayerScores, Method, effective_options, get_method
+from numprune.methods import LayerScores, Method, get_method, options_of
 from numprune.passes import apply_pass, dense_statistics, score_pass, sequential_score_pass, streaming_statistics
 from numprune.plan import LayerPlan, PruningPlan
-from numprune.provenance import check_plan_matches, config_of, count_params, library_versions, model_fingerprint
+from numprune.provenance import (
+    check_plan_matches,
+    compute_device,
+    config_of,
+    count_params,
+    library_versions,
+    model_fingerprint,
+    peak_memory,
+)
 from numprune.select import LayerUnits, Selection, attention_units, gqa_mode, kept_heads, select_units
 
 __all__ = ["PruneConfig", "Reduce", "apply_plan_", "count_params", "dense_statistics", "plan_pruning", "prune_"]
-
-
-def _peak_memory(device: torch.device) -> dict[str, float]:
-    peak = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-    if device.type == "cuda":
-        peak["peak_device_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return peak
 
 
 @torch.no_grad()
@@ -95,7 +94,7 @@ def plan_pruning(
     _refuse_transform(meth)
     meth.check(cfg)
     calibration = check_calibration(calibration)
-    device = _compute_device(model, cfg, reset_peak=True)
+    device = compute_device(model, cfg, reset_peak=True)
     start = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -154,7 +153,7 @@ def plan_pruning(
         dense_shapes=[g.shape for g in geos],
         method=cfg.method,
         ratio=cfg.ratio,
-        options=effective_options(cfg.ratio, cfg.method, **_given(cfg)),
+        options=options_of(cfg),
         achieved=achieved,
         calibration={"nsamples": calibration.shape[0], "seqlen": calibration.shape[1], **(calibration_info or {})},
         model={
@@ -191,7 +190,7 @@ def apply_plan_(
     adapter = get_adapter(model)
     meth = get_method(cfg.method)
     _refuse_transform(meth)
-    device = _compute_device(model, cfg)
+    device = compute_device(model, cfg)
     start = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -212,7 +211,7 @@ def apply_plan_(
     model.train(was_training)
     plan.timing["apply_seconds"] = time.perf_counter() - start
     plan.timing["prune_seconds"] = plan.timing.get("score_seconds", 0.0) + plan.timing["apply_seconds"]
-    plan.timing.update(_peak_memory(device))
+    plan.timing.update(peak_memory(device))
     return plan
 
 
@@ -271,17 +270,6 @@ def _select(
         )
     except ValueError as err:
         raise NumpruneError(str(err)) from None
-
-
-def _given(cfg: PruneConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ratio", "method")}
-
-
-def _compute_device(model: nn.Module, cfg: PruneConfig, reset_peak: bool = False) -> torch.device:
-    device = torch.device(cfg.device) if cfg.device else next(model.parameters()).device
-    if reset_peak and device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    return device
 
 
 def _check_reached(sel: Selection, cfg: PruneConfig, layers: list[LayerUnits], allocation: str) -> None:

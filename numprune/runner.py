@@ -69,7 +69,7 @@ def _timing(p: Point, module) -> dict[str, float]:
     if module.plan is None:
         return {}
     t = module.plan.timing
-    if p.share_dense_stats:
+    if p.share_dense_stats and get_method(p.method).scoring == "dense":  # only dense scoring shares the pass
         return {"prune_seconds_excl_dense_pass": t["prune_seconds"]} if "prune_seconds" in t else {}
     return {m: t[m] for m in TIMING_METRICS if m in t}
 

@@ -19,6 +19,7 @@ from numprune.errors import NumpruneError
 from numprune.plan import PruningPlan
 
 if TYPE_CHECKING:
+    from torch import nn
     from transformers import PreTrainedModel
 
 PLAN_FILE = "pruning_plan.json"

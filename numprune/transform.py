@@ -14,11 +14,11 @@ from torch import Tensor, nn
 
 from numprune.adapters import get_adapter
 from numprune.calibrate import check_calibration
-from numprune.config import PruneConfig, effective_options
+from numprune.config import PruneConfig
 from numprune.errors import NumpruneError
-from numprune.methods import Method
+from numprune.methods import Method, options_of
 from numprune.plan import PruningPlan
-from numprune.prune import _compute_device, _given, _peak_memory, count_params, library_versions, model_fingerprint
+from numprune.provenance import compute_device, count_params, library_versions, model_fingerprint, peak_memory
 
 
 @torch.no_grad()
@@ -29,7 +29,7 @@ def transform_model_(
     adapter = get_adapter(model)
     meth.check(cfg)
     calibration = check_calibration(calibration)
-    device = _compute_device(model, cfg, reset_peak=True)
+    device = compute_device(model, cfg, reset_peak=True)
     layers = adapter.layers(model)
     geos = [adapter.geometry(layer) for layer in layers]
     if any(g.num_heads == 0 or g.intermediate == 0 for g in geos):
@@ -53,11 +53,11 @@ def transform_model_(
         dense_shapes=[g.shape for g in geos],
         method=cfg.method,
         ratio=cfg.ratio,
-        options=effective_options(cfg.ratio, cfg.method, **_given(cfg)),
+        options=options_of(cfg),
         achieved=achieved,
         calibration={"nsamples": calibration.shape[0], "seqlen": calibration.shape[1], **(calibration_info or {})},
         model=model_info,
-        timing={"prune_seconds": seconds, **_peak_memory(device)},
+        timing={"prune_seconds": seconds, **peak_memory(device)},
         versions=library_versions(),
         transform=done.transform,
     )

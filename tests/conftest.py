@@ -12,10 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 VOCAB = 128
-# NUMPRUNE_DATA_DIR first: a git worktree is not beside ../shared/data
-SHARED_DATA = os.environ.get("NUMPRUNE_DATA_DIR") or os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "data"
-)
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
 def tiny_config(kind: str = "llama", kv_heads: int = 4, layers: int = 3, **kw):

@@ -69,6 +69,24 @@ def test_callbacks_equal_prune_and_run_once(tiny):
     assert all(torch.equal(before[k], v) for k, v in module.model.state_dict().items())
 
 
+@pytest.mark.parametrize("method", ["slicegpt", "depth"])
+def test_callbacks_run_a_transform_method_like_prune(tiny, tmp_path, method):
+    """slicegpt / depth rewrite the model in ScoringCallback; CompensationCallback records the plan once."""
+    module, dm = setup(tiny)
+    cbs = pruning_callbacks(0.3, method=method, plan_path=str(tmp_path / "plan.json"))
+    t = trainer(cbs)
+    t.validate(module, datamodule=dm, verbose=False)
+    ref = load_model(str(tiny[0]))[0]
+    plan = prune_(ref, ratio=0.3, calibration=dm.calibration()[0], method=method, progress=False)
+    assert module.plan_applied and module.plan.transform == plan.transform
+    assert PruningPlan.load(tmp_path / "plan.json").transform == plan.transform
+    for (n, p), (_, q) in zip(module.model.named_parameters(), ref.named_parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=0, rtol=0, msg=n)
+    before = copy.deepcopy(module.model.state_dict())
+    t.validate(module, datamodule=dm, verbose=False)  # once per run
+    assert all(torch.equal(before[k], v) for k, v in module.model.state_dict().items())
+
+
 def test_eager_validation_of_callback_arguments():
     with pytest.raises(NumpruneError, match="ratio"):
         ScoringCallback(1.5)

@@ -38,6 +38,7 @@ from numprune.methods import get_method
 from numprune.plan import PruningPlan
 from numprune.provenance import config_of
 from numprune.prune import Reduce, apply_plan_, plan_pruning
+from numprune.transform import transform_model_
 
 log = logging.getLogger("numprune")
 
@@ -93,6 +94,8 @@ def _on_device(cfg: PruneConfig, trainer: L.Trainer) -> PruneConfig:
 
 class ScoringCallback(L.Callback):
     """Calibration pass -> statistics -> scores -> selection: stores ``module.plan`` (paper Alg. 1, Eq. 8).
+    A method that rewrites the model (``scoring="transform"``: slicegpt, depth) runs whole here and leaves the
+    plan applied (``CompensationCallback`` then only records it).
 
     Runs once per run in ``setup`` of ``trainer.validate`` / ``test`` / ``predict`` (before the sanity check and
     whether or not there are validation batches: a run may only have evaluators), and refuses ``trainer.fit``.
@@ -117,6 +120,15 @@ class ScoringCallback(L.Callback):
             return  # once per run: a module that has a plan is not scored again
         calib, info = _calibration(trainer, module)
         module.configure_model()
+        meth = get_method(self.cfg.method)
+        if meth.scoring == "transform":  # slicegpt, depth: the model is rewritten here, nothing is left to apply
+            if trainer.world_size > 1:
+                raise NumpruneError(f"{meth.name} rewrites the model on one process; run it without DDP")
+            with torch.inference_mode(False), torch.no_grad():
+                module.plan = transform_model_(module.model, calib, _on_device(self.cfg, trainer), meth, info)
+            module.pruning_stats, module.plan_applied = None, True
+            log.info("numprune scoring: %s", module.plan.summary())
+            return
         with torch.inference_mode(False), torch.no_grad():
             plan, stats = plan_pruning(
                 module.model, calib, _on_device(self.cfg, trainer), calibration_info=info,
@@ -148,6 +160,7 @@ class CompensationCallback(L.Callback):
 
     def __init__(self, plan_path: str | None = None) -> None:
         self.plan_path = plan_path
+        self._recorded = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == TrainerFn.FITTING:
@@ -155,6 +168,8 @@ class CompensationCallback(L.Callback):
             return
         module = _prunable(pl_module, "CompensationCallback")
         if module.plan_applied:
+            if module.plan is not None and module.plan.transform and not self._recorded:
+                self._record(trainer, module.plan)  # ScoringCallback applied a transform: record its plan once
             return
         plan = module.plan
         if plan is None:
@@ -172,6 +187,11 @@ class CompensationCallback(L.Callback):
             apply_plan_(module.model, plan, calib, cfg, stats=stats, reduce=_reduce(trainer))
         module.plan_applied, module.pruning_stats = True, None
         log.info("numprune: %s", summary_line(plan, time.perf_counter() - start))
+        self._record(trainer, plan)
+
+    def _record(self, trainer: L.Trainer, plan: PruningPlan) -> None:
+        """Log the applied plan's counts and write its JSON to ``plan_path``."""
+        self._recorded = True
         if trainer.logger is not None:
             a = plan.achieved
             trainer.logger.log_metrics(
@@ -194,6 +214,8 @@ class CompensationCallback(L.Callback):
 def summary_line(plan: PruningPlan, seconds: float | None = None) -> str:
     """Parameters before/after, heads and channels kept, time: one line."""
     a, t = plan.achieved, plan.timing
+    if plan.transform:  # slicegpt, depth: what was sliced or removed
+        return f"{plan.summary()}, {t.get('prune_seconds', 0):.1f} s"
     return (
         f"{plan.method} {plan.ratio:.0%}: params {a['model_params_before']:,} -> {a['model_params_after']:,} "
         f"({a['params_ratio']:.3f} of attention+MLP removed), heads kept {a['heads_total'] - a['heads_pruned']}"

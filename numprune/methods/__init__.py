@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from numprune.config import make_config
+from numprune.config import PruneConfig, make_config
 from numprune.errors import NumpruneError
 from numprune.methods.base import LayerScores, Method, Transformed
 from numprune.methods.depth import Depth
@@ -32,7 +32,7 @@ METHODS: dict[str, Callable[[], Method]] = {
     "depth": Depth,  # removes whole decoder blocks by Block Influence (ShortGPT; scoring="transform")
 }
 
-__all__ = ["METHODS", "LayerScores", "Method", "Transformed", "effective_options", "get_method"]
+__all__ = ["METHODS", "LayerScores", "Method", "Transformed", "effective_options", "get_method", "options_of"]
 
 
 def get_method(name: str) -> Method:
@@ -57,3 +57,9 @@ def effective_options(ratio: float, method: str = "numerical", **options: Any) -
     out["allocation"] = cfg.allocation or meth.default_allocation
     out["head_scaling"] = cfg.head_scaling or meth.default_head_scaling
     return out
+
+
+def options_of(cfg: PruneConfig) -> dict[str, Any]:
+    """``effective_options`` of a config: what its plan records."""
+    given = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ratio", "method")}
+    return effective_options(cfg.ratio, cfg.method, **given)
