@@ -172,6 +172,7 @@ class CausalLMModule(PrunableModule):
             "calib_dataset": h.calib if not Path(h.calib).is_file() else portable(h.calib),
             "calib_nsamples": h.nsamples,
             "calib_seqlen": h.seqlen,
+            "bos": datamodule.bos,
         }
 
     def planned_rows(self, datamodule: Any = None) -> list[dict[str, Any]]:

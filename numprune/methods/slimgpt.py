@@ -25,6 +25,7 @@ from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats
 from numprune.config import PruneConfig
 from numprune.methods.base import LayerScores, Method
+from numprune.select import gqa_mode
 
 MLP_STEPS = 64
 
@@ -109,7 +110,7 @@ class SlimGPT(Method):
         self, stats: dict[str, InputStats], o_weight: Tensor, down_weight: Tensor, geo: LayerGeometry, cfg: PruneConfig
     ) -> LayerScores:
         cols = torch.arange(geo.num_heads * geo.head_dim).reshape(geo.num_heads, geo.head_dim)
-        if cfg.gqa == "groups":  # one OBS unit per KV group: the columns of its G query heads
+        if gqa_mode(cfg.gqa, geo) == "groups":  # one OBS unit per KV group: the columns of its G query heads
             units = list(cols.reshape(geo.num_kv_heads, -1))
             heads = greedy_order(stats["o_proj"].gram, o_weight, units, 1, cfg.damp).repeat_interleave(geo.group_size)
         else:
