@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("NUMPRUNE_DATA_DIR", "../shared/data"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
+    parser.add_argument("--ratios", nargs="*", type=float, default=list(RATIOS))
     parser.add_argument("--dense", action="store_true", help="also the dense row")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
