@@ -55,7 +55,7 @@ def base_row(p: Point, context: dict[str, Any]) -> dict[str, Any]:
 def _common(module, context: dict[str, Any]) -> dict[str, Any]:
     """Columns every row of a finished run shares: parameter counts, what the plan achieved, provenance."""
     params = count_params(module.model)
-    common = {"model_hash": context.get("model_hash", ""), "git_commit": git_commit(), "bos": context.get("bos", "")}
+    common = {"model_hash": context.get("model_hash", ""), "git_commit": git_commit()}
     if module.plan is None:
         return {**common, "params_before": params, "params_after": params, "versions": {"torch": torch.__version__}}
     achieved = ("calib_source", "ratio_achieved", "params_before", "heads_pruned", "kv_heads_pruned",

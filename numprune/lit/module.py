@@ -172,7 +172,6 @@ class CausalLMModule(PrunableModule):
             "calib_dataset": h.calib if not Path(h.calib).is_file() else portable(h.calib),
             "calib_nsamples": h.nsamples,
             "calib_seqlen": h.seqlen,
-            "bos": datamodule.bos,
         }
 
     def planned_rows(self, datamodule: Any = None) -> list[dict[str, Any]]:
@@ -185,7 +184,7 @@ class CausalLMModule(PrunableModule):
         rows = []
         for name, row in zip(datamodule.evals, self.planned_rows(datamodule)):
             r = self.results[name]
-            rows.append({**row, "value": r["ppl"], "eval_windows": int(r["windows"]),
+            rows.append({**row, "value": r["ppl"], "eval_windows": int(r["windows"]), "bos": datamodule.bos,
                          "eval_source": datamodule.eval_set(name)[1]})  # fmt: skip
         return rows
 
