@@ -12,7 +12,18 @@ from pathlib import Path
 
 import pandas as pd
 
-ORDER = ["numerical+", "numerical", "flap", "slimgpt", "wanda-sp", "llm-pruner", "magnitude", "random"]
+ORDER = ["numerical+", "numerical", "flap", "slimgpt", "wanda-sp", "mag-sp", "llm-pruner", "magnitude", "random"]
+ORDER += ["slicegpt", "depth"]
+
+
+def bold_best(t: pd.DataFrame) -> pd.DataFrame:
+    """The table as strings (2 decimals), the lowest perplexity of each column in bold."""
+    out = t.map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    for col in t.columns:
+        if t[col].notna().any():
+            best = t[col].idxmin()
+            out.loc[best, col] = f"**{out.loc[best, col]}**"
+    return out
 
 
 def _ppl(df: pd.DataFrame) -> pd.DataFrame:
@@ -33,7 +44,7 @@ def quality(path: str = "results/quality_smollm2.csv") -> str:
         t = t.reindex([m for m in ORDER if m in t.index] + [m for m in t.index if m not in ORDER])
         t.columns = [f"{round(c * 100)}%" for c in t.columns]
         out.append(f"\n**{ev}** perplexity (dense {dense.get(ev, float('nan')):.2f})\n")
-        out.append(t.round(2).to_markdown())
+        out.append(bold_best(t).to_markdown(colalign=["left"] + ["right"] * len(t.columns)))
         for ours in ("numerical", "numerical+"):
             if {ours, "flap"} <= set(t.index):
                 out.append(f"\nratio perplexity({ours}) / perplexity(FLAP): ")
