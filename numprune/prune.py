@@ -7,6 +7,7 @@ repair (compensation from the dense statistics, or re-propagated sequentially) -
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -24,11 +25,12 @@ from numprune.provenance import (
     compute_device,
     config_of,
     count_params,
+    embedding_params,
     library_versions,
     model_fingerprint,
     peak_memory,
 )
-from numprune.select import LayerUnits, Selection, attention_units, gqa_mode, kept_heads, select_units
+from numprune.select import LayerUnits, Selection, attention_units, effective_gqa, gqa_mode, kept_heads, select_units
 
 __all__ = ["PruneConfig", "Reduce", "apply_plan_", "count_params", "dense_statistics", "plan_pruning", "prune_"]
 
@@ -134,6 +136,10 @@ def plan_pruning(
     plans = _layer_plans(scores, geos, sel, cfg)
 
     params_before = count_params(model)
+    gqa = effective_gqa(cfg.gqa, geos)
+    if gqa != cfg.gqa:
+        warnings.warn(f"gqa='{cfg.gqa}' prunes no attention in layers with one KV head: they prune query heads "
+                      f"within the group (gqa_effective='{gqa}' in the plan)", stacklevel=2)  # fmt: skip
     achieved = {
         "params_ratio": sel.params_ratio,
         "units_ratio": sel.units_ratio,
@@ -148,6 +154,8 @@ def plan_pruning(
         "channels_pruned": sum(g.intermediate - len(p.channels) for g, p in zip(geos, plans)),
         "model_params_before": params_before,
         "model_params_after": params_before - sel.params_removed,  # apply_plan_ records the exact count
+        "embedding_params": embedding_params(model),
+        "gqa_effective": gqa,
     }
     plan = PruningPlan(
         layers=plans,

@@ -204,8 +204,17 @@ def _round_kept(scores: Tensor, pruned: Tensor, multiple: int) -> Tensor:
 
 def gqa_mode(gqa: str, geo: LayerGeometry) -> str:
     """``query`` applies to grouped-query layers; multi-head layers (one query head per KV head) prune whole
-    heads either way."""
-    return "groups" if geo.group_size <= 1 else gqa
+    heads either way. A layer with one KV head is one group: ``groups`` could only keep or drop its whole
+    attention, so such layers prune query heads within the group (``query``; ``prune_`` warns and records it)."""
+    if geo.group_size <= 1:
+        return "groups"
+    return "query" if geo.num_kv_heads == 1 else gqa
+
+
+def effective_gqa(gqa: str, geos: list[LayerGeometry]) -> str:
+    """The GQA mode the layers of a model get for the asked ``gqa`` (``mixed`` when they differ)."""
+    modes = {gqa_mode(gqa, g) for g in geos if g.group_size > 1} or {gqa}
+    return modes.pop() if len(modes) == 1 else "mixed"
 
 
 def attention_units(heads: Tensor, geo: LayerGeometry, gqa: str) -> tuple[Tensor, int, int]:

@@ -221,7 +221,7 @@ def summary_line(plan: PruningPlan, seconds: float | None = None) -> str:
         f"{plan.method} {plan.ratio:.0%}: params {a['model_params_before']:,} -> {a['model_params_after']:,} "
         f"({a['params_ratio']:.3f} of attention+MLP removed), heads kept {a['heads_total'] - a['heads_pruned']}"
         f"/{a['heads_total']}, channels kept {a['channels_total'] - a['channels_pruned']}/{a['channels_total']}, "
-        f"score {t.get('score_seconds', 0):.1f} s + apply {t.get('apply_seconds', seconds or 0):.1f} s"
+        f"score {t.get('score_seconds', 0):.1f} s + apply {t.get('apply_seconds', seconds or 0):.1f} s{plan.notes()}"
     )
 
 

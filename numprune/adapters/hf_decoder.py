@@ -1,4 +1,11 @@
-"""Adapter for Hugging Face LLaMA-layout causal LMs: LLaMA-1/2/3, Mistral, Qwen2 (and SmolLM2)."""
+"""The Hugging Face decoder layout that every supported family shares; one small subclass per family.
+
+Layout: ``model.model.embed_tokens`` -> ``model.model.layers[i]`` (``input_layernorm``, ``self_attn`` with
+``q_proj`` / ``k_proj`` / ``v_proj`` / ``o_proj``, a norm before the MLP, ``mlp`` with ``gate_proj`` / ``up_proj``
+/ ``down_proj``) -> ``model.model.norm`` -> ``model.lm_head``. What a family changes (biases, per-head norms,
+post-norms, layer types, RoPE variants) is stated in its file (``llama.py``, ``qwen2.py``, ...); the per-layer
+classes that make a pruned model reload are in ``numprune/pruned_model.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,6 @@ from torch import Tensor, nn
 from numprune.adapters.base import LayerGeometry
 from numprune.pruned_model import PRUNED_CLASSES, resize_attention, resize_mlp
 from numprune.sliced_model import SLICED_CLASSES, ResidualRMSNorm, sliced_layer
-
-SUPPORTED_MODEL_TYPES = tuple(PRUNED_CLASSES)
 
 
 def base_model_type(model: nn.Module) -> str:
@@ -43,8 +48,21 @@ def _set_config(model: Any, new: Any) -> None:
             layer.self_attn.config = new
 
 
-class HFLlamaAdapter:
-    name = "hf-llama"
+class HFDecoderAdapter:
+    """The shared adapter; a family sets ``name`` / ``model_type`` and what differs from the LLaMA layout."""
+
+    name = "hf-decoder"
+    model_type = ""  # the stock config's model_type
+    # SliceGPT rotates the residual stream: only where its norms are RMSNorms before the blocks (no post-norms)
+    rotation_invariant = True
+    mlp_norm = "post_attention_layernorm"  # the norm whose output the MLP reads
+
+    def matches(self, model: nn.Module) -> bool:
+        """``model`` is of this family (stock, or pruned by numprune) and has the shared layout."""
+        if base_model_type(model) != self.model_type:
+            return False
+        layers = getattr(getattr(model, "model", None), "layers", None)
+        return layers is not None and len(layers) > 0 and all(hasattr(layers[0], a) for a in ("self_attn", "mlp"))
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.model.layers
@@ -140,7 +158,7 @@ class HFLlamaAdapter:
         return model.lm_head
 
     def norm_weights(self, layer: Any) -> tuple[Tensor, Tensor]:
-        return layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+        return layer.input_layernorm.weight, getattr(layer, self.mlp_norm).weight
 
     def final_norm_weight(self, model: Any) -> Tensor:
         return model.model.norm.weight
@@ -149,6 +167,8 @@ class HFLlamaAdapter:
         cfg, base = model.config, base_model_type(model)
         if base not in SLICED_CLASSES or any(getattr(cfg, k, None) for k in ("layer_num_heads", "output_bias")):
             raise ValueError(f"slicing needs a dense {', '.join(SLICED_CLASSES)} model, got {cfg.model_type!r}")
+        if not self.rotation_invariant:
+            raise ValueError(f"the {self.name} layout is not invariant under rotations of its residual stream")
         hidden, eps = cfg.hidden_size, cfg.rms_norm_eps
         layers = model.model.layers
         for i, layer in enumerate(layers):
