@@ -1,6 +1,7 @@
 """Markdown tables for docs/quality.md and docs/ablations.md, from the result CSVs alone.
 
 PYTHONPATH=. python experiments/report.py quality      # prints the tables of results/quality_smollm2.csv
+PYTHONPATH=. python experiments/report.py readme       # the README's two test-set tables from the same CSV
 PYTHONPATH=. python experiments/report.py ablations    # one table per results/ablation_*.csv
 PYTHONPATH=. python experiments/report.py table results/smollm2_numerical.csv   # any results CSV: ppl per method
 """
@@ -61,6 +62,22 @@ def quality(path: str = "results/quality_smollm2.csv") -> str:
     return "\n".join(out)
 
 
+def readme(path: str = "results/quality_smollm2.csv") -> str:
+    """WikiText-2 test and PTB test perplexity of every method, the best of each column in bold."""
+    ppl = _ppl(pd.read_csv(path))
+    dense = ppl[ppl.method == "dense"].set_index("eval_dataset").value
+    out = []
+    for ev, title in (("wikitext2", "WikiText-2 test"), ("ptb", "PTB test")):
+        t = ppl[(ppl.eval_dataset == ev) & (ppl.method != "dense")].pivot_table(
+            index="method", columns="ratio", values="value"
+        )
+        t = t.reindex([m for m in ORDER if m in t.index] + [m for m in t.index if m not in ORDER])
+        t.columns = [f"{round(c * 100)}%" for c in t.columns]
+        t.index.name = f"{title} (dense {dense.get(ev, float('nan')):.2f})"
+        out.append(bold_best(t).to_markdown(colalign=["left"] + ["right"] * len(t.columns)))
+    return "\n\n".join(out)
+
+
 def ablations(folder: str = "results") -> str:
     out = []
     for f in sorted(Path(folder).glob("ablation_*.csv")):
@@ -117,4 +134,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["table"]:
         table(sys.argv[2])
     else:
-        print(quality() if sys.argv[1:] == ["quality"] else ablations())
+        print({"quality": quality, "readme": readme}.get(sys.argv[1] if sys.argv[1:] else "", ablations)())
