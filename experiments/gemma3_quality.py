@@ -12,8 +12,9 @@ non-overlapping 256-token windows of WikiText-2 test and PTB test. Gemma's token
 window is BOS + 255 text tokens (``bos`` column; without BOS its perplexity is not sane: 53 vs 23 on
 WikiText-2 8 x 512). One KV head per layer: ``gqa="groups"`` would prune no attention, so every method prunes
 query heads within the group (the plans record ``gqa_effective``). ``numerical+`` = numprune's defaults (no
-options given: the rows record the effective ones); ``numerical`` = the paper's reading (dense compensation,
-whole KV groups); FLAP, SlimGPT and Wanda-sp as in the SmolLM2 table (``gqa="groups"``).
+options given: the rows record the effective ones); ``numerical`` = the paper's reading
+(``numprune.methods.numerical.PAPER_READING``: dense compensation, whole KV groups); FLAP, SlimGPT and Wanda-sp
+as their official code runs them, as in the SmolLM2 table (``gqa="groups"``).
 Rows go to results/gemma3_quality.csv; a rerun skips rows already there, so the grid resumes.
 """
 
@@ -24,6 +25,7 @@ import os
 
 import torch
 
+from numprune.methods.numerical import PAPER_READING
 from numprune.points import text_point
 from numprune.runner import run_points
 
@@ -34,7 +36,7 @@ METHODS = ("numerical+", "numerical", "flap", "slimgpt", "wanda-sp")
 # label -> (method, options); the baselines get gqa="groups" as in the SmolLM2 table
 VARIANTS = {
     "numerical+": ("numerical", {}),
-    "numerical": ("numerical", {"gqa": "groups", "compensation": "dense"}),
+    "numerical": ("numerical", dict(PAPER_READING)),
 }
 EVALS = ("wikitext2", "ptb")
 

@@ -194,6 +194,9 @@ def sequential_score_pass(
 
     def visit(i: int, layer: nn.Module) -> list[Tensor]:
         work = copy.deepcopy(layer)
+        if meth.mlp_after_attention:
+            scores.append(_attention_then_mlp(runner, adapter, meth, cfg, i, work, geos[i], plan_layer, output_bias))
+            return runner.forward(work)
         stats, _ = runner.collect(work, i)
         o_proj, down_proj = projections(adapter, work)
         scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
@@ -202,6 +205,34 @@ def sequential_score_pass(
         return runner.forward(work)
 
     runner.walk(visit, desc=f"{meth.name}: sequential calibrate + score")
+    return scores
+
+
+def _attention_then_mlp(
+    runner: LayerwiseRunner,
+    adapter: Adapter,
+    meth: Method,
+    cfg: PruneConfig,
+    i: int,
+    work: nn.Module,
+    geo: LayerGeometry,
+    plan_layer: Callable[[int, LayerScores], LayerPlan],
+    output_bias: bool,
+) -> LayerScores:
+    """Score, select and cut a layer's attention, then score its MLP on the inputs through that pruned attention
+    (SlimGPT's order); ``work`` is left pruned. Uniform selection counts each layer's units from its ratio alone,
+    so the attention choice and the number of channels are known before the channels are scored."""
+    o_proj, down_proj = adapter.out_projections(work)
+    assert o_proj is not None and down_proj is not None
+    first = runner.collect(work, i, names=("o_proj",))[0]
+    heads = meth.score_heads(first["o_proj"], o_proj.weight, geo, cfg)
+    counts = plan_layer(i, LayerScores(heads=heads, channels=torch.zeros(geo.intermediate, dtype=torch.float64)))
+    cut_layer_(adapter, meth, cfg, work, geo, counts, first, ("attn",), output_bias)
+    second = runner.collect(work, i, names=("down_proj",))[0]
+    n_pruned = geo.intermediate - len(counts.channels)
+    channels = meth.score_channels(second["down_proj"], down_proj.weight, geo, cfg, n_pruned)
+    scores = LayerScores(heads=heads, channels=channels)
+    cut_layer_(adapter, meth, cfg, work, geo, plan_layer(i, scores), second, ("mlp",), output_bias)
     return scores
 
 

@@ -94,6 +94,7 @@ def plan_pruning(
     adapter = get_adapter(model)
     meth = get_method(cfg.method)
     _refuse_transform(meth)
+    cfg = meth.resolve(cfg)
     meth.check(cfg)
     calibration = check_calibration(calibration)
     device = compute_device(model, cfg, reset_peak=True)
@@ -198,6 +199,7 @@ def apply_plan_(
     adapter = get_adapter(model)
     meth = get_method(cfg.method)
     _refuse_transform(meth)
+    cfg = meth.resolve(cfg)
     device = compute_device(model, cfg)
     start = time.perf_counter()
     was_training = model.training
@@ -275,6 +277,7 @@ def _select(
             min_mlp=cfg.min_channels,
             round_to=cfg.round_to,
             layer_ratios=None if layer_ratios is None else layer_ratios[: len(scores)],
+            rounding=cfg.rounding or get_method(cfg.method).default_rounding,
         )
     except ValueError as err:
         raise NumpruneError(str(err)) from None

@@ -53,11 +53,11 @@ def _linear(n_in: int, n_out: int, bias: bool, like: torch.Tensor) -> nn.Linear:
     return nn.Linear(n_in, n_out, bias=bias, device=like.device, dtype=like.dtype)
 
 
-def _hidden_size(layer: nn.Module) -> int:
+def _hidden_size(layer: Any) -> int:
     return layer.input_layernorm.weight.numel()
 
 
-def resize_attention(layer: nn.Module, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
+def resize_attention(layer: Any, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
     """Swap q/k/v/o of one LLaMA-style layer for new (uninitialised) ones with ``heads`` / ``kv_heads`` heads.
     Returns the module that now holds the block's output bias (``o_proj``, or the empty block)."""
     attn, hidden = layer.self_attn, _hidden_size(layer)
@@ -78,7 +78,7 @@ def resize_attention(layer: nn.Module, heads: int, kv_heads: int, output_bias: b
     return attn.o_proj
 
 
-def resize_mlp(layer: nn.Module, intermediate: int, output_bias: bool) -> nn.Module:
+def resize_mlp(layer: Any, intermediate: int, output_bias: bool) -> nn.Module:
     """Swap gate/up/down of one LLaMA-style layer for new (uninitialised) ones with ``intermediate`` channels.
     Returns the module that now holds the block's output bias (``down_proj``, or the empty block)."""
     mlp, hidden = layer.mlp, _hidden_size(layer)
@@ -100,6 +100,9 @@ def resize_mlp(layer: nn.Module, intermediate: int, output_bias: bool) -> nn.Mod
 class _PerLayerShapes:
     """Mixin: after the base model builds uniform layers, resize each one to the config's per-layer counts."""
 
+    config: Any
+    model: Any
+
     def _apply_layer_shapes(self) -> None:
         cfg = self.config
         for i, layer in enumerate(self.model.layers):
@@ -113,14 +116,14 @@ def pruned_classes(base_type: str, stock_config: Any, stock_model: Any) -> tuple
     that builds the stock layers, then resizes each to its counts."""
 
     @strict
-    class Config(stock_config):  # type: ignore[valid-type,misc]
+    class Config(stock_config):
         model_type = f"numpruned_{base_type}"
         layer_num_heads: list[int] | None = None
         layer_num_kv_heads: list[int] | None = None
         layer_intermediate_sizes: list[int] | None = None
         output_bias: bool = False
 
-    class Model(_PerLayerShapes, stock_model):  # type: ignore[valid-type,misc]
+    class Model(_PerLayerShapes, stock_model):
         config_class = Config
 
         def __init__(self, config: Any) -> None:

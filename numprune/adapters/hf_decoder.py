@@ -19,7 +19,7 @@ from numprune.pruned_model import PRUNED_CLASSES, resize_attention, resize_mlp
 from numprune.sliced_model import SLICED_CLASSES, ResidualRMSNorm, sliced_layer
 
 
-def base_model_type(model: nn.Module) -> str:
+def base_model_type(model: Any) -> str:
     model_type = getattr(model.config, "model_type", "")
     return model_type.removeprefix("numpruned_")
 
@@ -57,17 +57,17 @@ class HFDecoderAdapter:
     rotation_invariant = True
     mlp_norm = "post_attention_layernorm"  # the norm whose output the MLP reads
 
-    def matches(self, model: nn.Module) -> bool:
+    def matches(self, model: Any) -> bool:
         """``model`` is of this family (stock, or pruned by numprune) and has the shared layout."""
         if base_model_type(model) != self.model_type:
             return False
         layers = getattr(getattr(model, "model", None), "layers", None)
         return layers is not None and len(layers) > 0 and all(hasattr(layers[0], a) for a in ("self_attn", "mlp"))
 
-    def layers(self, model: nn.Module) -> nn.ModuleList:
+    def layers(self, model: Any) -> nn.ModuleList:
         return model.model.layers
 
-    def geometry(self, layer: nn.Module) -> LayerGeometry:
+    def geometry(self, layer: Any) -> LayerGeometry:
         attn, mlp = layer.self_attn, layer.mlp
         hidden = layer.input_layernorm.weight.numel()
         if hasattr(attn, "q_proj"):
@@ -81,30 +81,30 @@ class HFDecoderAdapter:
             hidden=hidden, num_heads=heads, num_kv_heads=kv, head_dim=hd, intermediate=inter, qkv_bias=bias
         )
 
-    def out_projections(self, layer: nn.Module) -> tuple[nn.Linear | None, nn.Linear | None]:
+    def out_projections(self, layer: Any) -> tuple[nn.Linear | None, nn.Linear | None]:
         return getattr(layer.self_attn, "o_proj", None), getattr(layer.mlp, "down_proj", None)
 
-    def attn_in(self, layer: nn.Module) -> list[tuple[nn.Linear, str]]:
+    def attn_in(self, layer: Any) -> list[tuple[nn.Linear, str]]:
         attn = layer.self_attn
         return [(attn.q_proj, "q"), (attn.k_proj, "k"), (attn.v_proj, "v")] if hasattr(attn, "q_proj") else []
 
-    def mlp_in(self, layer: nn.Module) -> list[nn.Linear]:
+    def mlp_in(self, layer: Any) -> list[nn.Linear]:
         mlp = layer.mlp
         return [mlp.gate_proj, mlp.up_proj] if hasattr(mlp, "gate_proj") else []
 
-    def resize_attention(self, layer: nn.Module, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
+    def resize_attention(self, layer: Any, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
         return resize_attention(layer, heads, kv_heads, output_bias)
 
-    def resize_mlp(self, layer: nn.Module, intermediate: int, output_bias: bool) -> nn.Module:
+    def resize_mlp(self, layer: Any, intermediate: int, output_bias: bool) -> nn.Module:
         return resize_mlp(layer, intermediate, output_bias)
 
-    def run_model(self, model: nn.Module, batch: Tensor) -> Any:
+    def run_model(self, model: Any, batch: Tensor) -> Any:
         return model(input_ids=batch, use_cache=False)
 
     def layer_output(self, output: Any) -> Tensor:
         return output[0] if isinstance(output, tuple) else output
 
-    def finalize(self, model: nn.Module, shapes: list[LayerGeometry], output_bias: bool) -> None:
+    def finalize(self, model: Any, shapes: list[LayerGeometry], output_bias: bool) -> None:
         """Replace the config by a per-layer one, or a stock one where every layer kept the same counts (and
         the stock class accepts them: it refuses a hidden size that is not a multiple of the head count)."""
         cfg = model.config

@@ -106,8 +106,9 @@ class ScoringCallback(L.Callback):
 
     def __init__(self, ratio: float, method: str = "numerical", **options) -> None:
         options.setdefault("progress", False)
-        self.cfg = make_config(ratio, method, **options)
-        get_method(method).check(self.cfg)  # unknown method or impossible options: fail now, not after loading
+        meth = get_method(method)
+        self.cfg = meth.resolve(make_config(ratio, method, **options))
+        meth.check(self.cfg)  # unknown method or impossible options: fail now, not after loading
         # The dense statistics of this model and calibration, when a grid computed them once for all points.
         self.dense_stats: list | None = None
 
