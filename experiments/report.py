@@ -73,7 +73,7 @@ def readme(path: str = "results/quality_smollm2.csv") -> str:
         )
         t = t.reindex([m for m in ORDER if m in t.index] + [m for m in t.index if m not in ORDER])
         t.columns = [f"{round(c * 100)}%" for c in t.columns]
-        t.index.name = f"{title} (dense {dense.get(ev, float('nan')):.2f})"
+        t.index.name = f"{title} (dense {dense[ev]:.2f})" if ev in dense else f"{title} (dense: not in the CSV)"
         out.append(bold_best(t).to_markdown(colalign=["left"] + ["right"] * len(t.columns)))
     return "\n\n".join(out)
 
