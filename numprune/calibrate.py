@@ -29,7 +29,7 @@ class _Captured(Exception):
 @contextmanager
 def _replaced_forward(module: nn.Module, forward: Callable[[Tensor], Tensor]) -> Iterator[None]:
     """Run ``forward`` instead of ``module``'s own for the duration of the block (an instance attribute)."""
-    module.forward = forward  # type: ignore[method-assign]
+    module.forward = forward
     try:
         yield
     finally:
@@ -120,8 +120,14 @@ class LayerwiseRunner:
             self.hidden = self.forward(layer) if out is None else out
             layer.to(home)
 
-    def _projections(self, layer: nn.Module) -> dict[str, nn.Module | None]:
+    def _projections(self, layer: nn.Module) -> dict[str, nn.Linear | None]:
         return dict(zip(("o_proj", "down_proj"), self.adapter.out_projections(layer)))
+
+    def _projection(self, layer: nn.Module, index: int, name: str) -> nn.Linear:
+        module = self._projections(layer)[name]
+        if module is None:
+            raise NumpruneError(f"layer {index} has no {name} left (its block was cut to nothing)")
+        return module
 
     def _stats(self, accs: dict[str, GramAccumulator]) -> dict[str, InputStats]:
         if self.reduce is not None:
@@ -145,14 +151,14 @@ class LayerwiseRunner:
     def collect_until(self, layer: nn.Module, index: int, name: str) -> dict[str, InputStats]:
         """Input statistics of one output projection; each sample's forward stops at that projection (the
         rest of the layer is not run)."""
-        module = self._projections(layer)[name]
+        module = self._projection(layer, index, name)
         acc = GramAccumulator(f"layer {index} {name}")
 
         def record_and_stop(x: Tensor) -> Tensor:
             acc.add_batch(x)
             raise _Captured
 
-        with stage(self.stage_name), _replaced_forward(module, record_and_stop):  # type: ignore[arg-type]
+        with stage(self.stage_name), _replaced_forward(module, record_and_stop):
             for h in self.hidden:
                 try:
                     self._run(layer, h)
@@ -169,7 +175,7 @@ class LayerwiseRunner:
         input columns ``keep``: ``complete`` then adds the repaired projection's term, which saves a second
         forward through the layer. The identity ``output = bypassed output + projection(input)`` is checked
         once per runner on one sample; where it does not hold the partial outputs are None (run a forward)."""
-        module = self._projections(layer)[name]
+        module = self._projection(layer, index, name)
         acc = GramAccumulator(f"layer {index} {name}")
         keep = keep.to(self.device)
         kept: list[Tensor] = []
@@ -177,14 +183,14 @@ class LayerwiseRunner:
         def record_and_bypass(x: Tensor) -> Tensor:
             acc.add_batch(x)
             kept.append(x[..., keep].to(self.store))
-            return x.new_zeros(*x.shape[:-1], module.out_features)  # type: ignore[union-attr]
+            return x.new_zeros(*x.shape[:-1], module.out_features)
 
         if self.bypass_ok is None:
             self.bypass_ok = self._bypass_identity(layer, module)
         if not self.bypass_ok:
             stats, _ = self.collect(layer, index, names=(name,))
             return stats, None
-        with stage(self.stage_name), _replaced_forward(module, record_and_bypass):  # type: ignore[arg-type]
+        with stage(self.stage_name), _replaced_forward(module, record_and_bypass):
             partial = [self._run(layer, h).to(self.store) for h in self.hidden]
         return self._stats({name: acc}), (partial, kept)
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from numprune.adapters import Adapter, LayerGeometry, get_adapter
-from numprune.adapters.base import head_columns
+from numprune.adapters.base import head_columns, projections
 from numprune.calibrate import InputStats, LayerwiseRunner, Reduce, check_calibration, record_inputs
 from numprune.config import PruneConfig
 from numprune.errors import NumpruneError
@@ -38,13 +38,13 @@ def score_pass(
             for st, g in zip(dense_stats, geos)
         ):
             raise NumpruneError("dense_stats do not match this model's layers")
-        scores = []
+        dense_scores = []
         for i, layer in enumerate(adapter.layers(model)):
-            o_proj, down_proj = adapter.out_projections(layer)
+            o_proj, down_proj = projections(adapter, layer)
             st = {k: v.to(o_proj.weight.device) for k, v in dense_stats[i].items()}
             with stage("score"):
-                scores.append(meth.score(st, o_proj.weight, down_proj.weight, geos[i], cfg))
-        return scores, dense_stats if cfg.compensation == "dense" else None
+                dense_scores.append(meth.score(st, o_proj.weight, down_proj.weight, geos[i], cfg))
+        return dense_scores, dense_stats if cfg.compensation == "dense" else None
     runner = LayerwiseRunner(model, adapter, calibration, device, cfg.progress, reduce, cfg.offload_activations)
     scores: list[LayerScores] = []
     stats_bytes = sum(8 * g.gram_elements for g in geos)
@@ -53,7 +53,7 @@ def score_pass(
 
     def visit(i: int, layer: nn.Module) -> list[Tensor]:
         stats, out = runner.collect(layer, i)
-        o_proj, down_proj = adapter.out_projections(layer)
+        o_proj, down_proj = projections(adapter, layer)
         with stage("score"):
             scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
         if cache is not None:
@@ -86,9 +86,9 @@ def streaming_statistics(
     home = next(model.parameters()).device
     device = torch.device(device) if device else home
     model.to(device)
-    modules = {}
+    modules: dict[str, nn.Module | None] = {}
     for i, layer in enumerate(adapter.layers(model)):
-        o_proj, down_proj = adapter.out_projections(layer)
+        o_proj, down_proj = projections(adapter, layer)
         modules[f"layer {i} o_proj"], modules[f"layer {i} down_proj"] = o_proj, down_proj
     try:
         with record_inputs(modules) as accs:
@@ -137,9 +137,10 @@ def cut_layer_(
 ) -> None:
     """The method's repair of one layer's output projections (from ``stats``, when it reads them) and the
     surgery of the named ``parts`` (``attn``, ``mlp``)."""
-    o_proj, down_proj = adapter.out_projections(layer)
+    o_proj, down_proj = adapter.out_projections(layer)  # one is None once its block was cut to nothing
     use = meth.needs_stats(cfg)
     if "attn" in parts:
+        assert o_proj is not None, "the attention of this layer was already cut"
         heads = torch.tensor(plan.heads, dtype=torch.long)
         cols = head_columns(geo, heads)
         st = _on(stats.get("o_proj"), o_proj.weight) if use else None
@@ -149,6 +150,7 @@ def cut_layer_(
         with stage("surgery"):
             prune_attention_(adapter, layer, geo, heads, kv, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
     if "mlp" in parts:
+        assert down_proj is not None, "the MLP of this layer was already cut"
         ch = torch.tensor(plan.channels, dtype=torch.long)
         st = _on(stats.get("down_proj"), down_proj.weight) if use else None
         with stage("repair"):
@@ -182,10 +184,10 @@ def sequential_repair_(
     channels = torch.tensor(plan.channels, dtype=torch.long)
     second, partial = runner.collect_bypassed(layer, i, "down_proj", channels)
     cut_layer_(adapter, meth, cfg, layer, geo, plan, second, ("mlp",), output_bias)
-    if partial is None:
+    down_proj = adapter.out_projections(layer)[1]  # None when the MLP was cut to nothing
+    if partial is None or down_proj is None or not len(plan.channels):
         return None
-    down_proj = adapter.out_projections(layer)[1]
-    return runner.complete(down_proj, partial, channels if cfg.mask_only else None)  # type: ignore[arg-type]
+    return runner.complete(down_proj, partial, channels if cfg.mask_only else None)
 
 
 def sequential_score_pass(
@@ -209,7 +211,7 @@ def sequential_score_pass(
     def visit(i: int, layer: nn.Module) -> list[Tensor]:
         work = copy.deepcopy(layer)
         stats, _ = runner.collect(work, i)
-        o_proj, down_proj = adapter.out_projections(work)
+        o_proj, down_proj = projections(adapter, work)
         with stage("score"):
             scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
         with stage("select"):

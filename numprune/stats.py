@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -84,7 +84,7 @@ class GramAccumulator:
 
 
 @contextmanager
-def record_inputs(modules: dict[str, nn.Module | None], prefix: str = "") -> Iterator[dict[str, GramAccumulator]]:
+def record_inputs(modules: Mapping[str, nn.Module | None], prefix: str = "") -> Iterator[dict[str, GramAccumulator]]:
     """Attach accumulators to the inputs of the named modules for the duration of the block."""
     accs: dict[str, GramAccumulator] = {}
     handles = []

@@ -20,11 +20,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from numprune.adapters.base import Adapter, LayerGeometry
+from numprune.adapters.base import Adapter, LayerGeometry, per_query_head, projections
 from numprune.config import PruneConfig
 from numprune.errors import NumpruneError
 from numprune.methods.base import LayerScores
-from numprune.methods.simple import _Slice, _split_rows
+from numprune.methods.simple import _Slice
 
 TAYLOR_SAMPLES = 10
 
@@ -43,18 +43,18 @@ def loss_gradients(model: nn.Module, adapter: Adapter, samples: Tensor) -> None:
 
 def _importance(weight: Tensor, dim: int, mode: str) -> Tensor:
     """Per row (``dim=1``) or per column (``dim=0``) importance of one weight from its ``.grad``."""
+    if weight.grad is None:
+        raise ValueError("no gradient: run the Taylor pass (taylor_pass) before scoring")
     prod = (weight.detach().double() * weight.grad.double()).cpu()
     return prod.abs().sum(dim) if mode == "e1" else prod.sum(dim).abs()
 
 
 def taylor_scores(adapter: Adapter, layer: nn.Module, geo: LayerGeometry, mode: str) -> LayerScores:
     """Group importances of one layer from the gradients already in ``.grad``."""
-    o_proj, down_proj = adapter.out_projections(layer)
+    o_proj, down_proj = projections(adapter, layer)
     heads = torch.zeros(geo.num_heads, dtype=torch.float64)
     for lin, part in adapter.attn_in(layer):
-        for kind, per_row in _split_rows(_importance(lin.weight, 1, mode), part, geo).items():
-            per_head = per_row.reshape(-1, geo.head_dim).sum(1)
-            heads += per_head if kind == "q" else per_head.repeat_interleave(geo.group_size) / geo.group_size
+        heads += per_query_head(_importance(lin.weight, 1, mode), part, geo)
     heads += _importance(o_proj.weight, 0, mode).reshape(geo.num_heads, geo.head_dim).sum(1)
     channels = _importance(down_proj.weight, 0, mode)
     for lin in adapter.mlp_in(layer):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from numprune.adapters.base import Adapter, LayerGeometry
+from numprune.adapters.base import Adapter, LayerGeometry, per_query_head, projections
 from numprune.calibrate import InputStats
 from numprune.config import PruneConfig
 from numprune.methods.base import LayerScores, Method
@@ -45,24 +45,15 @@ def coupled_sq_norms(adapter: Adapter, layer: nn.Module, geo: LayerGeometry) -> 
     A head owns its q rows and ``o_proj`` columns, and ``1/G`` of its KV head's k and v rows (shared by G heads);
     a channel owns its gate and up rows and its ``down_proj`` column.
     """
-    o_proj, down_proj = adapter.out_projections(layer)
+    o_proj, down_proj = projections(adapter, layer)
     heads = torch.zeros(geo.num_heads, dtype=torch.float64)
     for lin, part in adapter.attn_in(layer):
-        for kind, per_row in _split_rows(lin.weight.detach().double().pow(2).sum(1).cpu(), part, geo).items():
-            per_head = per_row.reshape(-1, geo.head_dim).sum(1)  # [H] for q, [KV] for k / v
-            heads += per_head if kind == "q" else per_head.repeat_interleave(geo.group_size) / geo.group_size
+        heads += per_query_head(lin.weight.detach().double().pow(2).sum(1).cpu(), part, geo)
     heads += o_proj.weight.detach().double().pow(2).sum(0).cpu().reshape(geo.num_heads, -1).sum(1)
     channels = down_proj.weight.detach().double().pow(2).sum(0).cpu()
     for lin in adapter.mlp_in(layer):
         channels += lin.weight.detach().double().pow(2).sum(1).cpu()
     return heads, channels
-
-
-def _split_rows(per_row: Tensor, part: str, geo: LayerGeometry) -> dict[str, Tensor]:
-    if part != "qkv":
-        return {part: per_row}
-    q, kv = geo.num_heads * geo.head_dim, geo.num_kv_heads * geo.head_dim
-    return {"q": per_row[:q], "k": per_row[q : q + kv], "v": per_row[q + kv : q + 2 * kv]}
 
 
 class Magnitude(_Slice):
