@@ -1,6 +1,9 @@
-"""Pruning cost: wall time per stage and peak memory vs model shape and calibration size; results/cost.csv.
+"""Pruning cost: time per stage and peak memory vs model shape and calibration size; results/cost.csv.
 
-Every number is also a ratio to two references measured in the same worker process, on the same samples:
+Seconds are CPU seconds of the worker process on the CPU (``time.process_time``, 1 thread: the time other
+processes of a shared machine take does not count; wall seconds are in ``*_wall_seconds`` rows) and wall
+seconds on a GPU. Every number is also a ratio to two references measured in the same worker process, on the
+same samples:
 ``forward`` (one layer-by-layer forward of the dense model, no statistics) and ``dense pass`` (the pipeline's
 dense calibration pass: forwards plus the Gram matrices, ``numprune.dense_statistics``). The machine is
 shared and noisy; the ratios are what carries over.
@@ -120,15 +123,22 @@ def _device_peak(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
 
 
-def _timed(fn, device: torch.device) -> tuple[float, float, float]:
-    """(seconds, peak RSS GiB, peak device GiB) of ``fn()``."""
+def clock_for(device: torch.device):
+    """CPU time of this process on the CPU (1 thread: what other processes on a shared machine do not change);
+    wall time on a GPU."""
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
+def _timed(fn, device: torch.device) -> tuple[float, float, float, float]:
+    """(seconds on ``clock_for(device)``, peak RSS GiB, peak device GiB, wall seconds) of ``fn()``."""
     _rss_reset()
     _device_reset(device)
-    t0 = time.perf_counter()
+    clock = clock_for(device)
+    t0, w0 = clock(), time.perf_counter()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - t0, _rss_peak(), _device_peak(device)
+    return clock() - t0, _rss_peak(), _device_peak(device), time.perf_counter() - w0
 
 
 def worker(spec: dict) -> dict:
@@ -157,7 +167,7 @@ def worker(spec: dict) -> dict:
            "params": sum(p.numel() for p in dense.parameters()), "prunes": []}  # fmt: skip
     for comp in spec["compensations"]:
         model = copy.deepcopy(dense)
-        timer = StageTimer() if StageTimer is not None else None
+        timer = StageTimer(clock=clock_for(device)) if StageTimer is not None else None
         holder: dict = {}
 
         def run(model=model, comp=comp, timer=timer, holder=holder) -> None:
@@ -169,7 +179,7 @@ def worker(spec: dict) -> dict:
             with timer:
                 holder["plan"] = prune_(model, **kw)
 
-        seconds, rss, dev = _timed(run, device)
+        seconds, rss, dev, wall = _timed(run, device)
         plan = holder["plan"]
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -178,10 +188,10 @@ def worker(spec: dict) -> dict:
             else:
                 with timer:
                     save_pruned(model, Path(tmp) / "m", plan)
-            save = time.perf_counter() - t0
+            save = time.perf_counter() - t0  # wall: writing files is I/O
         stages = dict(timer.seconds) if timer is not None else {}
-        out["prunes"].append({"compensation": comp, "prune_s": seconds, "save_s": save, "peak_rss_gib": rss,
-                              "peak_device_gib": dev, "stages": stages, "achieved": plan.achieved,
+        out["prunes"].append({"compensation": comp, "prune_s": seconds, "wall_s": wall, "save_s": save,
+                              "peak_rss_gib": rss, "peak_device_gib": dev, "stages": stages, "achieved": plan.achieved,
                               "options": plan.options})  # fmt: skip
         del model
     return out
@@ -207,7 +217,9 @@ def rows_for(spec: dict, res: dict, code: str, commit: str) -> list[dict]:
         opts = {**p["options"], "device": spec["device"], "dtype": spec["dtype"], "threads": spec["threads"],
                 "weights": res["weights"], "layers_built": res["layers_built"], "layers_full": res["layers_full"],
                 "code": code, "host": host()}  # fmt: skip
-        metrics = {"prune_seconds": p["prune_s"], "save_seconds": p["save_s"], "forward_seconds": fwd,
+        metrics = {"prune_seconds": p["prune_s"], "prune_wall_seconds": p["wall_s"], "save_wall_seconds": p["save_s"],
+                   "forward_seconds": fwd, "forward_wall_seconds": res["forward"][3],
+                   "dense_pass_wall_seconds": res["dense_pass"][3],
                    "dense_pass_seconds": dpass, "prune_over_dense_pass": p["prune_s"] / dpass,
                    "prune_over_forward": p["prune_s"] / fwd, "dense_pass_over_forward": dpass / fwd,
                    "peak_rss_gib": p["peak_rss_gib"], "baseline_rss_gib": res["baseline_rss_gib"],

@@ -29,7 +29,18 @@ GEOMETRY = {
 }
 TOKEN_STAGES = ("capture", "forward", "gram", "sequential_forward")
 SOLVE_STAGES = ("score", "repair")
-KEYS = ["model", "layers_built", "layers_full", "calib_nsamples", "calib_seqlen", "dtype", "device", "code", "comp"]
+KEYS = [
+    "model",
+    "layers_built",
+    "layers_full",
+    "calib_nsamples",
+    "calib_seqlen",
+    "dtype",
+    "device",
+    "ratio",
+    "code",
+    "comp",
+]
 
 
 def layer_params(model: str) -> int:
@@ -49,6 +60,26 @@ def work(model: str, stage: str, tokens: int) -> float:
     return float(h**3 + i**3)
 
 
+def working_memory_gib(
+    model: str, layers: int, tokens: int, dtype_bytes: int, comp: str, ratio: float, params: int, cache_gib: float = 4.0
+) -> dict[str, float]:
+    """The memory model of docs/distributed.md for one prune, by part (GiB): the pruned copy of the weights,
+    the calibration activations, one layer's Gram matrices (float64) and the solve's temporaries (the
+    interaction matrix ``A``, its ridge copy and Cholesky factor, float64, for the wider projection), plus
+    the dense statistics of every layer when compensation=dense keeps them (up to ``cache_gib``)."""
+    h, i = GEOMETRY[model][:2]
+    acts = 2 * tokens * h * dtype_bytes  # hidden states in and out of the current layer
+    if comp == "sequential":  # partial outputs with down_proj bypassed, and down_proj's kept input columns
+        acts += tokens * h * dtype_bytes + tokens * round(i * (1 - ratio)) * dtype_bytes
+    gram = (h * h + i * i) * 8
+    cache = layers * gram if comp == "dense" and layers * gram <= cache_gib * 2**30 else 0
+    parts = {"weights": params * dtype_bytes, "activations": acts, "gram": gram, "solve": 3 * i * i * 8,
+             "stats_cache": cache}  # fmt: skip
+    out = {k: v / 2**30 for k, v in parts.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
 def load(path: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path)
     df = df[df.experiment == "cost"].copy()
@@ -61,7 +92,8 @@ def load(path: str | Path) -> pd.DataFrame:
 
 
 def wide(df: pd.DataFrame) -> pd.DataFrame:
-    return df.pivot_table(index=KEYS, columns="metric", values="value", aggfunc="last").reset_index()
+    w = df.pivot_table(index=KEYS, columns="metric", values="value", aggfunc="last")
+    return w.join(df.groupby(KEYS).params_before.first()).reset_index()
 
 
 def fits(w: pd.DataFrame) -> dict[str, float]:
@@ -117,6 +149,17 @@ def cost_report(csv: str, png: str | None) -> str:
                 "prune_over_dense_pass_after", "prune_over_forward_before", "prune_over_forward_after",
                 "after_over_before_seconds", "after_over_before_forward_units"]  # fmt: skip
         out.append(j[keep].round(3).to_markdown(index=False))
+    mem = []
+    for r in w[w.code == "after"].itertuples():
+        nbytes = {"fp32": 4, "bf16": 2, "fp16": 2}[r.dtype]
+        model = working_memory_gib(r.model, int(r.layers_built), int(r.calib_nsamples * r.calib_seqlen), nbytes,
+                                   r.comp, float(r.ratio), int(r.params_before))  # fmt: skip
+        measured = r.peak_rss_gib - r.baseline_rss_gib
+        mem.append({**{k: getattr(r, k) for k in KEYS if k != "code"}, "measured_gib": measured,
+                    **{f"model_{k}_gib": v for k, v in model.items()}})  # fmt: skip
+    if mem:
+        out.append("\nPeak RSS of the prune above the process before it (measured) vs the memory model (GiB)\n")
+        out.append(pd.DataFrame(mem).round(3).to_markdown(index=False))
     c = fits(w)
     if c:
         out.append("\nFitted constants (seconds per unit of work, see the module docstring)\n")

@@ -16,7 +16,7 @@ while a timer is active (asynchronous kernels would otherwise be charged to the 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
@@ -30,7 +30,10 @@ _active: StageTimer | None = None
 class StageTimer:
     """Accumulates exclusive wall time per stage name while active (``with StageTimer() as t``)."""
 
-    def __init__(self, sync_cuda: bool = True) -> None:
+    def __init__(self, sync_cuda: bool = True, clock: Callable[[], float] = time.perf_counter) -> None:
+        """``clock``: wall time by default; ``time.process_time`` (CPU time of this process) measures
+        single-threaded CPU runs on a shared machine without the time other processes take."""
+        self.clock = clock
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self._stack: list[str] = []
@@ -50,7 +53,7 @@ class StageTimer:
     def _charge(self) -> None:
         if self._sync:
             torch.cuda.synchronize()
-        now = time.perf_counter()
+        now = self.clock()
         if self._stack:
             name = self._stack[-1]
             self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last

@@ -32,7 +32,7 @@ def test_worker_rows_carry_stages_ratios_and_what_was_built():
     rows = bench.rows_for(spec, res, "after", "abc")
     by = {r["metric"]: r for r in rows}
     for m in ("prune_seconds", "dense_pass_seconds", "forward_seconds", "prune_over_dense_pass", "peak_rss_gib",
-              "stage_gram_seconds", "stage_sequential_forward_over_dense_pass", "save_seconds"):  # fmt: skip
+              "stage_gram_seconds", "stage_sequential_forward_over_dense_pass", "save_wall_seconds"):  # fmt: skip
         assert m in by, m
     assert by["prune_over_dense_pass"]["value"] == pytest.approx(
         by["prune_seconds"]["value"] / by["dense_pass_seconds"]["value"]
