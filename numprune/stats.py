@@ -47,7 +47,8 @@ class GramAccumulator:
     Each batch's product is computed in float32 (float64 inputs stay float64) and added into float64 sums:
     a batch is one sample (``seqlen`` tokens), so the float32 rounding of one product is ~1e-6 relative and
     the running sum over samples keeps float64 accuracy (tested against a float64 oracle). A float64 product
-    costs 2x or more on CPUs and 32x or more on GPUs.
+    costs 2x or more on CPUs and 32x or more on GPUs. On CUDA, bf16/fp16 activations use TF32 (exact for
+    them, see ``_gram_product``).
     """
 
     def __init__(self, name: str) -> None:
@@ -58,12 +59,13 @@ class GramAccumulator:
     def add_batch(self, x: Tensor) -> None:
         with stage("gram"):
             x = x.detach().reshape(-1, x.shape[-1])
+            half = x.dtype in (torch.bfloat16, torch.float16)
             if x.dtype != torch.float64:
                 x = x.to(torch.float32)
             if self.xtx is None or self.xsum is None:
                 self.xtx = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
                 self.xsum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-            self.xtx += x.T @ x
+            self.xtx += _gram_product(x, tf32=half and x.is_cuda)
             self.xsum += x.sum(0, dtype=torch.float64)
             self.count += x.shape[0]
 
@@ -81,6 +83,19 @@ class GramAccumulator:
         if not (torch.isfinite(self.xsum).all() and torch.isfinite(self.xtx.diagonal()).all()):
             raise NumpruneError(f"non-finite activations at the input of {self.name}; check the model and dtype")
         return InputStats(self.xtx / self.count, self.xsum / self.count, self.count)
+
+
+def _gram_product(x: Tensor, tf32: bool) -> Tensor:
+    """``x^T x`` in float32. ``tf32``: on CUDA, inputs that were bf16/fp16 are exactly representable in TF32
+    (10 mantissa bits), so the TF32 tensor cores give the float32 result of exact products, ~8x faster."""
+    if not tf32:
+        return x.T @ x
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        return x.T @ x
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 @contextmanager
