@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,21 @@ __all__ = ["GramAccumulator", "InputStats", "LayerwiseRunner", "Reduce", "check_
 
 class _Captured(Exception):
     """Raised inside a layer once the inputs it was run for are recorded (private: only caught here)."""
+
+
+class _KwargsRecorder(nn.Module):
+    """Stands in for decoder layer ``index`` for one forward: records the keyword arguments the model passes it
+    and returns its input unchanged; the last one stops the forward before the head."""
+
+    def __init__(self, index: int, store: list[dict], last: bool) -> None:
+        super().__init__()
+        self.index, self.store, self.last = index, store, last
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        self.store[self.index] = kwargs
+        if self.last:
+            raise _Captured
+        return hidden_states
 
 
 @contextmanager
@@ -61,26 +77,28 @@ class LayerwiseRunner:
         self.reduce, self.stage_name = reduce, stage_name
         self.store = torch.device("cpu") if offload else self.device
         self.bypass_ok: bool | None = None  # see collect_bypassed
+        self.position = 0  # the layer the samples are at (``walk`` moves it)
         with stage("capture"):
-            self.hidden, self.kwargs = self._capture(samples)
+            self.hidden, self.layer_kwargs = self._capture(samples)
 
     @torch.no_grad()
-    def _capture(self, samples: Tensor) -> tuple[list[Tensor], dict]:
-        """Inputs (and keyword arguments) of the first decoder layer for every sample."""
+    def _capture(self, samples: Tensor) -> tuple[list[Tensor], list[dict]]:
+        """Inputs of the first decoder layer for every sample, and the keyword arguments of every layer (the same
+        for every sample of one length). They differ between layers where the model has layer types: Gemma 3's
+        sliding and global layers get other RoPE tables and masks, Qwen2's sliding layers other masks."""
         layers = self.adapter.layers(self.model)
         moved = self._non_layer_tensors(layers)
         homes = [t.device for t in moved]
         for t in moved:  # embeddings, rotary tables, ... go to the device; the layers stay where they are
             t.data = t.data.to(self.device)
         hidden: list[Tensor] = []
-        kwargs: dict = {}
+        kwargs: list[dict] = [{} for _ in layers]
 
         def grab(_m: nn.Module, args: tuple, kw: dict) -> None:
             hidden.append((args[0] if args else kw["hidden_states"]).detach().to(self.store))
-            if not kwargs:
-                kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
             raise _Captured
 
+        originals = list(layers)
         handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
         try:
             for row in samples:
@@ -88,8 +106,17 @@ class LayerwiseRunner:
                     self.adapter.run_model(self.model, row[None].to(self.device))
                 except _Captured:
                     pass
+            handle.remove()
+            for i in range(len(layers)):  # one pass of the first sample through stand-ins: every layer's kwargs
+                layers[i] = _KwargsRecorder(i, kwargs, last=i == len(layers) - 1)
+            try:
+                self.adapter.run_model(self.model, samples[:1].to(self.device))
+            except _Captured:
+                pass
         finally:
             handle.remove()
+            for i, layer in enumerate(originals):
+                layers[i] = layer
             for t, home in zip(moved, homes):
                 t.data = t.data.to(home)
         return hidden, kwargs
@@ -98,14 +125,16 @@ class LayerwiseRunner:
         in_layers = {id(t) for t in [*layers.parameters(), *layers.buffers()]}
         return [t for t in [*self.model.parameters(), *self.model.buffers()] if id(t) not in in_layers]
 
-    def _run(self, layer: nn.Module, h: Tensor) -> Tensor:
-        return self.adapter.layer_output(layer(h.to(self.device), **self.kwargs))
+    def _run(self, layer: nn.Module, h: Tensor, index: int | None = None) -> Tensor:
+        kwargs = self.layer_kwargs[self.position if index is None else index]
+        return self.adapter.layer_output(layer(h.to(self.device), **kwargs))
 
     @torch.no_grad()
-    def forward(self, layer: nn.Module) -> list[Tensor]:
-        """Run one layer (already on the device) over every sample; returns the outputs."""
+    def forward(self, layer: nn.Module, index: int | None = None) -> list[Tensor]:
+        """Run one layer (already on the device; decoder layer ``index``, default: where the samples are) over
+        every sample; returns the outputs."""
         with stage(self.stage_name):
-            return [self._run(layer, h).to(self.store) for h in self.hidden]
+            return [self._run(layer, h, index).to(self.store) for h in self.hidden]
 
     @torch.no_grad()
     def walk(self, visit: Callable[[int, nn.Module], list[Tensor] | None], desc: str) -> None:
@@ -115,6 +144,7 @@ class LayerwiseRunner:
         layers = self.adapter.layers(self.model)
         for i, layer in enumerate(tqdm(layers, desc=desc, disable=not self.progress, leave=False)):
             home = next(layer.parameters()).device
+            self.position = i
             layer.to(self.device)
             out = visit(i, layer)
             self.hidden = self.forward(layer) if out is None else out
@@ -141,7 +171,7 @@ class LayerwiseRunner:
         """Input statistics of the layer's output projections over all samples, and the layer's outputs."""
         modules = self._projections(layer)
         with record_inputs({n: modules[n] for n in names}, prefix=f"layer {index} ") as accs:
-            out = self.forward(layer)
+            out = self.forward(layer, index)
         for h in out:
             if not torch.isfinite(h).all():
                 raise NumpruneError(f"non-finite activations at the output of layer {index}")
@@ -161,7 +191,7 @@ class LayerwiseRunner:
         with stage(self.stage_name), _replaced_forward(module, record_and_stop):
             for h in self.hidden:
                 try:
-                    self._run(layer, h)
+                    self._run(layer, h, index)
                 except _Captured:
                     pass
         return self._stats({name: acc})
@@ -186,20 +216,20 @@ class LayerwiseRunner:
             return x.new_zeros(*x.shape[:-1], module.out_features)
 
         if self.bypass_ok is None:
-            self.bypass_ok = self._bypass_identity(layer, module)
+            self.bypass_ok = self._bypass_identity(layer, module, index)
         if not self.bypass_ok:
             stats, _ = self.collect(layer, index, names=(name,))
             return stats, None
         with stage(self.stage_name), _replaced_forward(module, record_and_bypass):
-            partial = [self._run(layer, h).to(self.store) for h in self.hidden]
+            partial = [self._run(layer, h, index).to(self.store) for h in self.hidden]
         return self._stats({name: acc}), (partial, kept)
 
     @torch.no_grad()
-    def _bypass_identity(self, layer: nn.Module, module: nn.Module) -> bool:
+    def _bypass_identity(self, layer: nn.Module, module: nn.Module, index: int | None = None) -> bool:
         """Whether, on the first sample, the layer output is its output with ``module`` bypassed plus
         ``module``'s output (true for a projection that writes into the residual stream)."""
         x_in: list[Tensor] = []
-        full = self._run(layer, self.hidden[0])
+        full = self._run(layer, self.hidden[0], index)
         own = module.forward
 
         def zero(x: Tensor) -> Tensor:
@@ -207,19 +237,22 @@ class LayerwiseRunner:
             return torch.zeros_like(own(x))
 
         with _replaced_forward(module, zero):
-            partial = self._run(layer, self.hidden[0])
+            partial = self._run(layer, self.hidden[0], index)
         rebuilt = partial + module(x_in[0])
         tol = 1e-4 if full.dtype in (torch.float32, torch.float64) else 2e-2
         return bool(torch.allclose(rebuilt, full, rtol=tol, atol=tol * float(full.abs().max())))
 
     @torch.no_grad()
     def complete(
-        self, module: nn.Linear, partial: tuple[list[Tensor], list[Tensor]], columns: Tensor | None = None
-    ) -> list[Tensor]:
-        """Outputs of the layer after its bypassed projection was repaired: the bypassed outputs plus the new
-        projection applied to the kept input columns (``columns``: where those are in the weight when it was
-        masked rather than sliced)."""
-        weight = module.weight if columns is None else module.weight[:, columns.to(module.weight.device)]
+        self, layer: nn.Module, partial: tuple[list[Tensor], list[Tensor]], keep: Tensor, masked: bool
+    ) -> list[Tensor] | None:
+        """Outputs of the layer after its bypassed ``down_proj`` was repaired and cut to ``keep``: the bypassed
+        outputs plus the new projection of the kept input columns (``masked``: the weight kept its width, the
+        columns are picked). None when the MLP was cut to nothing (run a forward through the layer)."""
+        module = self.adapter.out_projections(layer)[1]
+        if module is None or not len(keep):
+            return None
+        weight = module.weight[:, keep.to(module.weight.device)] if masked else module.weight
         with stage(self.stage_name):
             out = []
             for p, x in zip(*partial):

@@ -171,10 +171,9 @@ def sequential_repair_(
     output_bias: bool,
     first: dict[str, InputStats] | None = None,
 ) -> list[Tensor] | None:
-    """Repair and cut one layer on the inputs that reach it through the already pruned layers: ``o_proj``
-    from the layer as it is (``first``: statistics already collected on it; else each sample runs only up to
-    ``o_proj``), then ``down_proj`` through this layer's pruned attention, in one forward with ``down_proj``
-    bypassed. Returns the pruned layer's outputs (None: run a forward through it)."""
+    """Repair and cut one layer on the inputs that reach it through the already pruned layers: ``o_proj`` from
+    the layer as it is (``first``: its statistics; else each sample runs up to ``o_proj``), then ``down_proj``
+    through the pruned attention with ``down_proj`` bypassed. Returns the outputs (None: run a forward)."""
     if not meth.needs_stats(cfg):
         cut_layer_(adapter, meth, cfg, layer, geo, plan, {}, ("attn", "mlp"), output_bias)
         return None
@@ -184,10 +183,7 @@ def sequential_repair_(
     channels = torch.tensor(plan.channels, dtype=torch.long)
     second, partial = runner.collect_bypassed(layer, i, "down_proj", channels)
     cut_layer_(adapter, meth, cfg, layer, geo, plan, second, ("mlp",), output_bias)
-    down_proj = adapter.out_projections(layer)[1]  # None when the MLP was cut to nothing
-    if partial is None or down_proj is None or not len(plan.channels):
-        return None
-    return runner.complete(down_proj, partial, channels if cfg.mask_only else None)
+    return None if partial is None else runner.complete(layer, partial, channels, cfg.mask_only)
 
 
 def sequential_score_pass(
@@ -210,16 +206,46 @@ def sequential_score_pass(
 
     def visit(i: int, layer: nn.Module) -> list[Tensor]:
         work = copy.deepcopy(layer)
+        if meth.mlp_after_attention:
+            scores.append(_attention_then_mlp(runner, adapter, meth, cfg, i, work, geos[i], plan_layer, output_bias))
+            return runner.forward(work)
         stats, _ = runner.collect(work, i)
         o_proj, down_proj = projections(adapter, work)
         with stage("score"):
             scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
-        with stage("select"):
-            plan = plan_layer(i, scores[-1])
+        plan = plan_layer(i, scores[-1])
         out = sequential_repair_(runner, adapter, meth, cfg, i, work, geos[i], plan, output_bias, first=stats)
         return out if out is not None else runner.forward(work)
 
     runner.walk(visit, desc=f"{meth.name}: sequential calibrate + score")
+    return scores
+
+
+def _attention_then_mlp(
+    runner: LayerwiseRunner,
+    adapter: Adapter,
+    meth: Method,
+    cfg: PruneConfig,
+    i: int,
+    work: nn.Module,
+    geo: LayerGeometry,
+    plan_layer: Callable[[int, LayerScores], LayerPlan],
+    output_bias: bool,
+) -> LayerScores:
+    """Score, select and cut a layer's attention, then score its MLP on the inputs through that pruned attention
+    (SlimGPT's order); ``work`` is left pruned. Uniform selection counts each layer's units from its ratio alone,
+    so the attention choice and the number of channels are known before the channels are scored."""
+    o_proj, down_proj = adapter.out_projections(work)
+    assert o_proj is not None and down_proj is not None
+    first = runner.collect(work, i, names=("o_proj",))[0]
+    heads = meth.score_heads(first["o_proj"], o_proj.weight, geo, cfg)
+    counts = plan_layer(i, LayerScores(heads=heads, channels=torch.zeros(geo.intermediate, dtype=torch.float64)))
+    cut_layer_(adapter, meth, cfg, work, geo, counts, first, ("attn",), output_bias)
+    second = runner.collect(work, i, names=("down_proj",))[0]
+    n_pruned = geo.intermediate - len(counts.channels)
+    channels = meth.score_channels(second["down_proj"], down_proj.weight, geo, cfg, n_pruned)
+    scores = LayerScores(heads=heads, channels=channels)
+    cut_layer_(adapter, meth, cfg, work, geo, plan_layer(i, scores), second, ("mlp",), output_bias)
     return scores
 
 
@@ -255,8 +281,7 @@ def apply_pass(
                              stage_name="sequential_forward" if sequential else "forward")  # fmt: skip
     if sequential:
 
-        def visit(i: int, layer: nn.Module) -> list[Tensor] | None:
-            # Inputs come through the already pruned layers; the MLP sees the pruned attention of this layer.
+        def visit(i: int, layer: nn.Module) -> list[Tensor] | None:  # through the already pruned layers
             return sequential_repair_(runner, adapter, meth, cfg, i, layer, geos[i], plans[i], output_bias)
 
         runner.walk(visit, desc=f"{meth.name}: sequential repair")

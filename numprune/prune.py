@@ -7,11 +7,11 @@ repair (compensation from the dense statistics, or re-propagated sequentially) -
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 from torch import Tensor, nn
 
-from numprune import timing
 from numprune.adapters import Adapter, get_adapter
 from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats, Reduce, check_calibration
@@ -25,12 +25,13 @@ from numprune.provenance import (
     compute_device,
     config_of,
     count_params,
+    embedding_params,
     library_versions,
     model_fingerprint,
     peak_memory,
 )
-from numprune.select import LayerUnits, Selection, attention_units, gqa_mode, kept_heads, select_units
-from numprune.timing import stage
+from numprune.select import LayerUnits, Selection, attention_units, effective_gqa, gqa_mode, kept_heads, select_units
+from numprune.timing import recorded, stage
 
 __all__ = ["PruneConfig", "Reduce", "apply_plan_", "count_params", "dense_statistics", "plan_pruning", "prune_"]
 
@@ -94,6 +95,7 @@ def plan_pruning(
     adapter = get_adapter(model)
     meth = get_method(cfg.method)
     _refuse_transform(meth)
+    cfg = meth.resolve(cfg)
     meth.check(cfg)
     calibration = check_calibration(calibration)
     device = compute_device(model, cfg, reset_peak=True)
@@ -136,6 +138,10 @@ def plan_pruning(
         plans = _layer_plans(scores, geos, sel, cfg)
 
     params_before = count_params(model)
+    gqa = effective_gqa(cfg.gqa, geos)
+    if gqa != cfg.gqa:
+        warnings.warn(f"gqa='{cfg.gqa}' prunes no attention in layers with one KV head: they prune query heads "
+                      f"within the group (gqa_effective='{gqa}' in the plan)", stacklevel=2)  # fmt: skip
     achieved = {
         "params_ratio": sel.params_ratio,
         "units_ratio": sel.units_ratio,
@@ -150,6 +156,8 @@ def plan_pruning(
         "channels_pruned": sum(g.intermediate - len(p.channels) for g, p in zip(geos, plans)),
         "model_params_before": params_before,
         "model_params_after": params_before - sel.params_removed,  # apply_plan_ records the exact count
+        "embedding_params": embedding_params(model),
+        "gqa_effective": gqa,
     }
     plan = PruningPlan(
         layers=plans,
@@ -193,6 +201,7 @@ def apply_plan_(
     adapter = get_adapter(model)
     meth = get_method(cfg.method)
     _refuse_transform(meth)
+    cfg = meth.resolve(cfg)
     device = compute_device(model, cfg)
     start = time.perf_counter()
     was_training = model.training
@@ -216,9 +225,7 @@ def apply_plan_(
     plan.timing["apply_seconds"] = time.perf_counter() - start
     plan.timing["prune_seconds"] = plan.timing.get("score_seconds", 0.0) + plan.timing["apply_seconds"]
     plan.timing.update(peak_memory(device))
-    timer = timing.active()
-    if timer is not None:  # the active StageTimer's totals so far (numprune.timing)
-        plan.timing.update(timer.as_timing())
+    plan.timing.update(recorded())  # stage times when a numprune.timing.StageTimer is active
     return plan
 
 
@@ -274,6 +281,7 @@ def _select(
             min_mlp=cfg.min_channels,
             round_to=cfg.round_to,
             layer_ratios=None if layer_ratios is None else layer_ratios[: len(scores)],
+            rounding=cfg.rounding or get_method(cfg.method).default_rounding,
         )
     except ValueError as err:
         raise NumpruneError(str(err)) from None

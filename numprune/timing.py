@@ -84,6 +84,11 @@ def active() -> StageTimer | None:
     return _active
 
 
+def recorded() -> dict[str, float]:
+    """The active timer's ``stage_*_seconds`` so far (empty without one): what ``apply_plan_`` puts in the plan."""
+    return {} if _active is None else _active.as_timing()
+
+
 def stage(name: str) -> AbstractContextManager[None]:
     """Context that charges its wall time to ``name`` in the active timer (a no-op without one)."""
     timer = _active

@@ -82,7 +82,7 @@ def test_bypass_identity_is_checked_and_a_forward_replaces_it_when_false(calib, 
     """A layer whose output is not ``partial + down_proj(x)`` (here: the identity check reports False) is
     repaired by the plain forward, with the same result."""
     model, ref = tiny_model(), tiny_model()
-    monkeypatch.setattr(LayerwiseRunner, "_bypass_identity", lambda self, layer, module: False)
+    monkeypatch.setattr(LayerwiseRunner, "_bypass_identity", lambda self, layer, module, index=None: False)
     a = prune_(model, ratio=0.4, calibration=calib, progress=False)
     monkeypatch.undo()
     b = prune_(ref, ratio=0.4, calibration=calib, progress=False)

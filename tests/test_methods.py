@@ -166,14 +166,14 @@ def test_slimgpt_greedy_updates_equal_closed_form():
 
 def test_slimgpt_log_increasing_ratios():
     r = log_increasing_ratios(0.5, 30)
-    assert r[0] == 0 and all(a <= b for a, b in itertools.pairwise(r)) and max(r) <= 0.95
+    assert all(a < b for a, b in itertools.pairwise(r)) and max(r) <= 0.95 and r[0] == pytest.approx(max(r) / 4)
     assert abs(sum(r) / 30 - 0.5) < 1e-9
 
 
 def test_method_defaults():
     assert get_method("flap").default_head_scaling == "none" and get_method("flap").adds_bias
     assert get_method("llm-pruner-v").mode == "v" and get_method("llm-pruner-v").name == "llm-pruner-v"
-    ratios = get_method("llm-pruner-range").layer_ratios(0.2, 32)
+    ratios = get_method("llm-pruner").layer_ratios(0.2, 32)
     assert ratios[:4] == [0.0] * 4 and ratios[30:] == [0.0, 0.0] and abs(sum(ratios) / 32 - 0.2) < 1e-12
     geo = LayerGeometry(hidden=8, num_heads=2, num_kv_heads=1, head_dim=4, intermediate=6)
     assert geo.group_size == 2

@@ -133,6 +133,8 @@ class ResidualAdapter(Adapter, Protocol):
     SliceGPT's rotations, depth pruning). Pre-norm layout assumed: an RMSNorm (no mean subtraction, so it is
     invariant under rotations of the residual stream) before the attention, before the MLP and before the head."""
 
+    rotation_invariant: bool  # that layout holds (SliceGPT may rotate the residual stream); depth needs no more
+
     def embedding(self, model: nn.Module) -> nn.Embedding:
         """The token embedding (writes the residual stream)."""
 
@@ -202,11 +204,17 @@ def head_columns(geo: LayerGeometry, heads: Tensor) -> Tensor:
     return (heads[:, None] * geo.head_dim + torch.arange(geo.head_dim)).reshape(-1)
 
 
-def residual_adapter(adapter: Adapter, method: str) -> ResidualAdapter:
-    """``adapter`` as a ``ResidualAdapter``, or a clear error naming the method that needs one."""
+def residual_adapter(adapter: Adapter, method: str, rotates: bool = False) -> ResidualAdapter:
+    """``adapter`` as a ``ResidualAdapter``, or a clear error naming the method that needs one. ``rotates``: the
+    method rotates the residual stream (SliceGPT), which needs ``adapter.rotation_invariant``."""
     from numprune.errors import NumpruneError
 
     missing = [m for m in ("embedding", "lm_head", "to_sliced_", "remove_layers_") if not hasattr(adapter, m)]
     if missing:
         raise NumpruneError(f"{method} rewrites the residual stream; the {adapter.name} adapter does not support it")
+    if rotates and not getattr(adapter, "rotation_invariant", False):
+        raise NumpruneError(
+            f"{method} rotates the residual stream, which the {adapter.name} layout does not allow (norms on the "
+            f"blocks' outputs, or not RMSNorm)"
+        )
     return adapter  # type: ignore[return-value]

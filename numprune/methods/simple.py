@@ -1,6 +1,9 @@
-"""Floors and simple baselines: Wanda-sp (FLAP paper's structured Wanda), magnitude, random.
+"""Floors and simple baselines: Wanda-sp and mag-sp (as FLAP's official code runs them), magnitude, random.
 
-All three allocate uniformly per layer and repair by slicing (no weight update, no bias).
+All allocate uniformly per layer, ``int(ratio * n)`` attention units and channels per layer as FLAP's
+``prune_wanda_sp`` / ``prune_magnitude_sp`` do (``rounding="floor"``; the MLP then takes the parameters the
+attention floor left, so that every method removes the same parameters), and repair by slicing (no weight
+update, no bias).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ class _Slice(Method):
     """Methods without compensation: per-layer allocation, the kept columns stay as they are."""
 
     default_allocation = "uniform"
+    default_rounding = "floor"
     repair_kind = "slice"
 
 
@@ -28,9 +32,12 @@ def wanda_sp_scores(stats: InputStats, weight: Tensor) -> Tensor:
 
 
 class WandaSP(_Slice):
-    """Wanda-sp as the FLAP paper defines it: a head sums its channels' scores; uniform per-layer ratio."""
+    """Wanda-sp as FLAP's official ``prune_wanda_sp``: a head sums its channels' scores; uniform per-layer ratio;
+    sequential: each layer is scored on the inputs through the already pruned layers before it (both modules
+    from one forward of the layer, as the official code), then pruned and re-run to feed the next layer."""
 
     name = "wanda-sp"
+    scoring = "sequential"
 
     def score(
         self, stats: dict[str, InputStats], o_weight: Tensor, down_weight: Tensor, geo: LayerGeometry, cfg: PruneConfig
@@ -56,8 +63,34 @@ def coupled_sq_norms(adapter: Adapter, layer: nn.Module, geo: LayerGeometry) -> 
     return heads, channels
 
 
+class MagSP(_Slice):
+    """mag-sp as FLAP's official ``prune_magnitude_sp``: the L2 norms of the output projection's input columns
+    (``o_proj`` for heads, summed over a head's ``D_h`` columns; ``down_proj`` for channels), nothing else.
+    Data-free. Not ``magnitude``, which counts every weight a head or channel owns."""
+
+    name = "mag-sp"
+    scoring = "model"
+
+    def score_model(
+        self, model: nn.Module, adapter: Adapter, calibration: Tensor, cfg: PruneConfig
+    ) -> list[LayerScores]:
+        out = []
+        for layer in adapter.layers(model):
+            geo = adapter.geometry(layer)
+            o_proj, down_proj = projections(adapter, layer)
+            heads = column_norms(o_proj.weight).reshape(geo.num_heads, geo.head_dim).sum(dim=1)
+            out.append(LayerScores(heads=heads, channels=column_norms(down_proj.weight)))
+        return out
+
+
+def column_norms(weight: Tensor) -> Tensor:
+    """L2 norm of every input column of an ``[out, in]`` weight (float64, on the CPU)."""
+    return weight.detach().double().cpu().norm(dim=0)
+
+
 class Magnitude(_Slice):
-    """L2 norm of all the weights a head / channel owns (data-free floor)."""
+    """L2 norm of all the weights a head / channel owns (q/k/v rows and o_proj columns; gate/up rows and the
+    down_proj column): our data-free floor, not FLAP's mag-sp (``mag-sp``)."""
 
     name = "magnitude"
     scoring = "model"
