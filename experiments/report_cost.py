@@ -73,6 +73,8 @@ def working_memory_gib(
         acts += tokens * h * dtype_bytes + tokens * round(i * (1 - ratio)) * dtype_bytes
     gram = (h * h + i * i) * 8
     cache = layers * gram if comp == "dense" and layers * gram <= cache_gib * 2**30 else 0
+    # the solve: A, its ridge copy, its Cholesky factor (and, in code before the ridge moved onto the diagonal,
+    # a D x D identity: rows measured with that code need 4)
     parts = {"weights": params * dtype_bytes, "activations": acts, "gram": gram, "solve": 3 * i * i * 8,
              "stats_cache": cache}  # fmt: skip
     out = {k: v / 2**30 for k, v in parts.items()}
@@ -113,14 +115,23 @@ def fits(w: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def extrapolate(c: dict[str, float], model: str, nsamples: int, seqlen: int, comp: str) -> dict[str, float]:
-    """Seconds per stage for the whole model (every layer) on the machine the constants were fitted on."""
+def extrapolate(
+    c: dict[str, float], model: str, nsamples: int, seqlen: int, comp: str, cache_gib: float = 4.0
+) -> dict[str, float]:
+    """Seconds per stage for the whole model (every layer) on the machine the constants were fitted on.
+
+    ``comp``: ``sequential``, or ``dense``: dense compensation reuses the dense pass statistics when every
+    layer's Gram matrices fit ``cache_gib`` (``stats_cache_gib``), else it runs a second dense pass."""
+    h, i = GEOMETRY[model][:2]
     layers, tokens = GEOMETRY[model][5], nsamples * seqlen
     stages = [s for s in TOKEN_STAGES + SOLVE_STAGES if s in c and (comp == "sequential" or s != "sequential_forward")]
     out = {s: c[s] * work(model, s, tokens) * (1 if s == "capture" else layers) for s in stages}
-    if comp == "sequential":  # the sequential pass accumulates Gram matrices a second time
+    dense_pass = out["forward"] + out["gram"] + out.get("capture", 0.0)
+    repass = comp == "dense" and layers * (h * h + i * i) * 8 > cache_gib * 2**30
+    if comp == "sequential" or repass:  # the second pass accumulates the Gram matrices again
         out["gram"] *= 2
-    dense_pass = out["forward"] + out["gram"] / (2 if comp == "sequential" else 1) + out.get("capture", 0.0)
+    if repass:
+        out["forward"] *= 2
     out["total"] = sum(out.values())
     out["total_over_dense_pass"] = out["total"] / dense_pass
     return out
@@ -165,12 +176,13 @@ def cost_report(csv: str, png: str | None) -> str:
         out.append("\nFitted constants (seconds per unit of work, see the module docstring)\n")
         out.append(pd.Series(c).map(lambda v: f"{v:.3e}").to_frame("seconds per unit").to_markdown())
         ext = {
-            (m, f"{n}x{s}", comp): extrapolate(c, m, n, s, comp)
+            (m, f"{n}x{s}", comp, f"stats_cache_gib={gib:g}"): extrapolate(c, m, n, s, comp, gib)
             for m in ("llama-7b", "llama-2-70b")
             for n, s in ((128, 2048),)
-            for comp in ("sequential", "dense")
+            for comp, gib in (("sequential", 4.0), ("dense", 4.0), ("dense", 1e4))
         }
-        out.append("\nExtrapolated whole-model seconds per stage on this machine (fit above)\n")
+        out.append("\nExtrapolated whole-model seconds per stage on this machine (fit above; dense compensation "
+                   "re-runs the dense pass unless every layer's Gram matrices fit stats_cache_gib)\n")  # fmt: skip
         out.append(pd.DataFrame(ext).T.round(1).to_markdown())
     if png:
         plot(w, png)
@@ -203,7 +215,7 @@ def plot(w: pd.DataFrame, png: str) -> None:
             ax.plot([r.prune_over_dense_pass], [labels.index(lab)], "k*", ms=10)
     ax.axvline(1.0, color="grey", lw=0.8)
     ax.set_xlabel("prune time in dense calibration passes (black star: before)")
-    ax.legend(fontsize=6, loc="lower right")
+    ax.legend(fontsize=6, loc="upper right")
     ax.tick_params(axis="y", labelsize=6)
     # (b) per-layer seconds of each stage vs the layer's parameters (shapes)
     ax = axes[1]

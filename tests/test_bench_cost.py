@@ -53,9 +53,12 @@ def test_fits_recover_the_constants_of_synthetic_rows():
     c = report.fits(pd.DataFrame(rows))
     assert c["gram"] == pytest.approx(3e-10) and c["score"] == pytest.approx(2e-9)
     h, i = report.GEOMETRY["llama-2-70b"][:2]
-    ext = report.extrapolate({"forward": 1e-9, "gram": 3e-10, "score": 2e-9}, "llama-2-70b", 128, 2048, "dense")
+    c = {"forward": 1e-9, "gram": 3e-10, "score": 2e-9}
+    ext = report.extrapolate(c, "llama-2-70b", 128, 2048, "dense", cache_gib=1e4)  # statistics cached
     assert ext["gram"] == pytest.approx(3e-10 * 80 * 128 * 2048 * (h * h + i * i))
     assert ext["total"] == pytest.approx(ext["forward"] + ext["gram"] + ext["score"])
+    again = report.extrapolate(c, "llama-2-70b", 128, 2048, "dense")  # 569 GB of Gram matrices: a second pass
+    assert again["gram"] == pytest.approx(2 * ext["gram"]) and again["forward"] == pytest.approx(2 * ext["forward"])
 
 
 @pytest.mark.slow
