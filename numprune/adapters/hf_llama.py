@@ -74,6 +74,13 @@ class HFLlamaAdapter:
         mlp = layer.mlp
         return [mlp.gate_proj, mlp.up_proj] if hasattr(mlp, "gate_proj") else []
 
+    def output_biases(self, layer: nn.Module) -> tuple[Tensor | None, Tensor | None]:
+        """The output biases of the attention and MLP blocks (``o_proj`` / ``down_proj``, or a fully pruned
+        block's), None where the model has none (only FLAP-compensated models have them)."""
+        attn = getattr(layer.self_attn, "o_proj", layer.self_attn)
+        mlp = getattr(layer.mlp, "down_proj", layer.mlp)
+        return getattr(attn, "bias", None), getattr(mlp, "bias", None)
+
     def resize_attention(self, layer: nn.Module, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
         return resize_attention(layer, heads, kv_heads, output_bias)
 
