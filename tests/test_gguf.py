@@ -36,6 +36,29 @@ def smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(path), path
 
 
+@pytest.fixture(scope="module")
+def small_tokenizer(tmp_path_factory):
+    """A byte-level BPE tokenizer of 300 tokens trained here (offline, and a file llama.cpp reads quickly);
+    its pre-tokenizer is GPT-2's, which numprune cannot recognise from the probe hash: it is named explicitly."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=SMALL_VOCAB, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tk.train_from_iterator(["the cat sat on the mat; the dog ate the hat. 0123 456 789 " * 20], trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>")
+    path = tmp_path_factory.mktemp("small_tokenizer")
+    tok.save_pretrained(path)
+    return tok, path
+
+
+SMALL_VOCAB = 300
+
+
 def tiny_llama(kv_heads: int, vocab: int = 49152, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
@@ -49,9 +72,9 @@ def tiny_llama(kv_heads: int, vocab: int = 49152, seed: int = 0) -> LlamaForCaus
     return model
 
 
-def pruned_llama(kv_heads: int) -> LlamaForCausalLM:
-    model = tiny_llama(kv_heads)
-    calib = torch.randint(0, 49152, (8, 32), generator=torch.Generator().manual_seed(1))
+def pruned_llama(kv_heads: int, vocab: int = SMALL_VOCAB) -> LlamaForCausalLM:
+    model = tiny_llama(kv_heads, vocab)
+    calib = torch.randint(0, vocab, (8, 32), generator=torch.Generator().manual_seed(1))
     prune_(model, ratio=0.4, calibration=calib, progress=False)
     return model
 
@@ -129,10 +152,9 @@ def hf_tensor_shapes(model) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
-def test_uniform_model_is_llama_with_tokenizer(tmp_path, smollm2_tokenizer, kv_heads):
-    tok, folder = smollm2_tokenizer
-    model = tiny_llama(kv_heads)
-    summary = export_gguf(model, tmp_path / "m.gguf", tokenizer=folder)
+def test_uniform_model_is_llama(tmp_path, small_tokenizer, kv_heads):
+    model = tiny_llama(kv_heads, SMALL_VOCAB)
+    summary = export_gguf(model, tmp_path / "m.gguf", tokenizer=small_tokenizer[1], tokenizer_pre="gpt-2")
     kv, tensors = fields(tmp_path / "m.gguf")
     assert summary["architecture"] == kv["general.architecture"] == "llama"
     assert (kv["llama.attention.head_count"], kv["llama.attention.head_count_kv"]) == (4, kv_heads)
@@ -140,38 +162,46 @@ def test_uniform_model_is_llama_with_tokenizer(tmp_path, smollm2_tokenizer, kv_h
     assert kv["llama.attention.key_length"] == kv["llama.rope.dimension_count"] == 16
     assert {n: tuple(int(d) for d in t.shape) for n, t in tensors.items()} == hf_tensor_shapes(model)
     assert {t.tensor_type for t in tensors.values()} == {Q.F32} and kv["general.file_type"] == 0
-    # tokenizer: what llama.cpp needs to rebuild SmolLM2's tokenizer
-    assert kv["tokenizer.ggml.model"] == "gpt2" and kv["tokenizer.ggml.pre"] == "smollm"
+    assert kv["tokenizer.ggml.pre"] == "gpt-2" and len(kv["tokenizer.ggml.tokens"]) == SMALL_VOCAB
+    # q/k rows are in llama.cpp's interleaved RoPE order, v as is
+    attn = model.model.layers[1].self_attn
+    q, k = np.array(tensors["blk.1.attn_q.weight"].data), np.array(tensors["blk.1.attn_k.weight"].data)
+    assert np.array_equal(q, rope_permute(attn.q_proj.weight, 4).detach().numpy())
+    assert np.array_equal(k, rope_permute(attn.k_proj.weight, kv_heads).detach().numpy())
+    assert not np.array_equal(q, attn.q_proj.weight.detach().numpy())
+    assert np.array_equal(np.array(tensors["blk.1.attn_v.weight"].data), attn.v_proj.weight.detach().numpy())
+    ids = [5, 90, 17, 230, 4, 4, 31]
+    expect = model(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(gguf_forward(tmp_path / "m.gguf", ids), expect, rtol=1e-4, atol=1e-4)
+
+
+def test_smollm2_tokenizer_is_carried_over(tmp_path, smollm2_tokenizer):
+    tok, folder = smollm2_tokenizer
+    export_gguf(tiny_llama(2, 49152), tmp_path / "m.gguf", tokenizer=folder)
+    kv, _ = fields(tmp_path / "m.gguf")
+    assert kv["tokenizer.ggml.model"] == "gpt2" and kv["tokenizer.ggml.pre"] == "smollm"  # from the probe hash
     vocab = tok.get_vocab()
     assert len(kv["tokenizer.ggml.tokens"]) == 49152
-    assert all(kv["tokenizer.ggml.tokens"][i] == t for t, i in list(vocab.items())[:2000])
+    assert all(kv["tokenizer.ggml.tokens"][i] == t for t, i in vocab.items())
     assert kv["tokenizer.ggml.token_type"][tok.convert_tokens_to_ids("<|im_start|>")] == gguf.TokenType.CONTROL
     assert kv["tokenizer.ggml.token_type"][vocab["hello"]] == gguf.TokenType.NORMAL
     merges = json.loads((folder / "tokenizer.json").read_text())["model"]["merges"]
     assert len(kv["tokenizer.ggml.merges"]) == len(merges) > 1000
     assert kv["tokenizer.ggml.bos_token_id"] == tok.bos_token_id and kv["tokenizer.ggml.eos_token_id"] == 2
-    assert kv["tokenizer.ggml.add_bos_token"] is adds_bos(tok) is False
+    assert kv["tokenizer.ggml.add_bos_token"] is adds_bos(tok) is False  # SmolLM2 encodes text without BOS
     assert kv["tokenizer.chat_template"] == (folder / "chat_template.jinja").read_text()
-    # q/k rows are in llama.cpp's interleaved RoPE order, v as is
-    attn = model.model.layers[1].self_attn
-    q = np.array(tensors["blk.1.attn_q.weight"].data)
-    assert np.array_equal(q, rope_permute(attn.q_proj.weight, 4).detach().numpy())
-    assert not np.array_equal(q, attn.q_proj.weight.detach().numpy())
-    assert np.array_equal(np.array(tensors["blk.1.attn_v.weight"].data), attn.v_proj.weight.detach().numpy())
-    ids = [5, 900, 17, 23000, 4, 4, 310]
-    expect = model(torch.tensor([ids])).logits[0]
-    torch.testing.assert_close(gguf_forward(tmp_path / "m.gguf", ids), expect, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
-def test_pruned_model_is_deci_with_per_layer_arrays(tmp_path, smollm2_tokenizer, kv_heads):
-    tok, _ = smollm2_tokenizer
+def test_pruned_model_is_deci_with_per_layer_arrays(tmp_path, small_tokenizer, kv_heads):
+    tok, _ = small_tokenizer
     model = pruned_llama(kv_heads)
     adapter = get_adapter(model)
     geos = [adapter.geometry(layer) for layer in adapter.layers(model)]
     assert len({(g.num_heads, g.num_kv_heads, g.intermediate) for g in geos}) > 1  # really non-uniform
     save_pruned(model, tmp_path / "folder", tokenizer=tok)
-    assert main(["export", str(tmp_path / "folder"), "--format", "gguf", "--out", str(tmp_path / "p.gguf")]) == 0
+    args = ["export", str(tmp_path / "folder"), "--format", "gguf", "--out", str(tmp_path / "p.gguf")]
+    assert main([*args, "--tokenizer-pre", "gpt-2"]) == 0
     kv, tensors = fields(tmp_path / "p.gguf")
     assert kv["general.architecture"] == "deci"
     assert kv["deci.attention.head_count"] == [g.num_heads for g in geos]
@@ -179,16 +209,16 @@ def test_pruned_model_is_deci_with_per_layer_arrays(tmp_path, smollm2_tokenizer,
     assert kv["deci.feed_forward_length"] == [g.intermediate for g in geos]
     assert kv["deci.attention.key_length"] == kv["deci.attention.value_length"] == 16
     assert {n: tuple(int(d) for d in t.shape) for n, t in tensors.items()} == hf_tensor_shapes(model)
-    assert kv["tokenizer.ggml.pre"] == "smollm"
-    ids = [1, 2, 3, 40000, 7, 7, 7, 99]
+    assert kv["tokenizer.ggml.pre"] == "gpt-2" and kv["tokenizer.ggml.add_bos_token"] is False
+    ids = [1, 2, 3, 280, 7, 7, 7, 99]
     expect = model(torch.tensor([ids])).logits[0]
     torch.testing.assert_close(gguf_forward(tmp_path / "p.gguf", ids), expect, rtol=1e-4, atol=1e-4)
 
 
-def test_empty_blocks_use_an_exact_deci_encoding(tmp_path, smollm2_tokenizer):
+def test_empty_blocks_use_an_exact_deci_encoding(tmp_path, small_tokenizer):
     """Layer 0 without heads: one head with a zero output (layer 0 sets the head size); layer 1 empty: n_head 0
     and n_ff 0 (the identity); layer 2 without MLP: one zero channel (n_ff 0 would drop its attention)."""
-    model = tiny_llama(2)
+    model = tiny_llama(2, SMALL_VOCAB)
     adapter = get_adapter(model)
     layers = adapter.layers(model)
     adapter.resize_attention(layers[0], 0, 0, False)
@@ -196,7 +226,7 @@ def test_empty_blocks_use_an_exact_deci_encoding(tmp_path, smollm2_tokenizer):
     adapter.resize_mlp(layers[1], 0, False)
     adapter.resize_mlp(layers[2], 0, False)
     adapter.finalize(model, [adapter.geometry(layer) for layer in layers], False)
-    export_gguf(model, tmp_path / "e.gguf", tokenizer=smollm2_tokenizer[1])
+    export_gguf(model, tmp_path / "e.gguf", tokenizer=small_tokenizer[0], tokenizer_pre="gpt-2")
     kv, tensors = fields(tmp_path / "e.gguf")
     assert kv["general.architecture"] == "deci"
     assert kv["deci.attention.head_count"] == [1, 0, 4] and kv["deci.attention.head_count_kv"] == [1, 0, 2]
@@ -204,28 +234,28 @@ def test_empty_blocks_use_an_exact_deci_encoding(tmp_path, smollm2_tokenizer):
     assert not any(n.startswith("blk.1.") for n in tensors)  # an absent block has no norm either
     assert not np.array(tensors["blk.0.attn_output.weight"].data).any()
     assert not np.array(tensors["blk.2.ffn_down.weight"].data).any()
-    ids = [3, 1000, 20000, 5, 6]
+    ids = [3, 100, 200, 5, 6]
     expect = model(torch.tensor([ids])).logits[0]
     torch.testing.assert_close(gguf_forward(tmp_path / "e.gguf", ids), expect, rtol=1e-4, atol=1e-4)
 
 
-def test_output_biases_are_written(tmp_path, smollm2_tokenizer):
-    model = tiny_llama(2)
-    calib = torch.randint(0, 49152, (8, 32), generator=torch.Generator().manual_seed(1))
+def test_output_biases_are_written(tmp_path, small_tokenizer):
+    model = tiny_llama(2, SMALL_VOCAB)
+    calib = torch.randint(0, SMALL_VOCAB, (8, 32), generator=torch.Generator().manual_seed(1))
     prune_(model, ratio=0.4, calibration=calib, method="flap", progress=False)
     assert model.model.layers[0].self_attn.o_proj.bias is not None
-    export_gguf(model, tmp_path / "b.gguf", tokenizer=smollm2_tokenizer[1])
+    export_gguf(model, tmp_path / "b.gguf", tokenizer=small_tokenizer[1], tokenizer_pre="gpt-2")
     kv, tensors = fields(tmp_path / "b.gguf")
     assert kv["general.architecture"] == "deci" and "blk.0.attn_output.bias" in tensors
-    ids = [3, 1000, 20000, 5, 6]
+    ids = [3, 100, 200, 5, 6]
     expect = model(torch.tensor([ids])).logits[0]
     torch.testing.assert_close(gguf_forward(tmp_path / "b.gguf", ids), expect, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", ["f16", "bf16", "q8_0"])
-def test_dtypes(tmp_path, smollm2_tokenizer, dtype):
+def test_dtypes(tmp_path, small_tokenizer, dtype):
     model = pruned_llama(2)
-    summary = export_gguf(model, tmp_path / "d.gguf", dtype=dtype, tokenizer=smollm2_tokenizer[1])
+    summary = export_gguf(model, tmp_path / "d.gguf", dtype=dtype, tokenizer=small_tokenizer[1], tokenizer_pre="gpt-2")
     kv, tensors = fields(tmp_path / "d.gguf")
     assert kv["general.file_type"] == {"f16": 1, "bf16": 32, "q8_0": 7}[dtype]
     for name, t in tensors.items():
@@ -248,15 +278,23 @@ def test_rope_permute_and_tensor_type_oracles():
     assert tensor_type((8, 33), "q8_0") == Q.F16 and tensor_type((8, 33), "f32") == Q.F32
 
 
-def test_refusals(tmp_path, smollm2_tokenizer, capsys):
+def test_refusals(tmp_path, small_tokenizer, capsys):
     from numprune.llamagen.config import GPTConfig
     from numprune.llamagen.gpt import build_gpt
 
     gen = build_gpt(GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=64, num_classes=10, block_size=16), seed=0)
     with pytest.raises(NumpruneError, match="LLaMA-layout"):
-        export_gguf(gen, tmp_path / "x.gguf", tokenizer=smollm2_tokenizer[1])
+        export_gguf(gen, tmp_path / "x.gguf", tokenizer=small_tokenizer[1])
     with pytest.raises(NumpruneError, match="dtype"):
-        export_gguf(tiny_llama(2), tmp_path / "x.gguf", dtype="q4_k", tokenizer=smollm2_tokenizer[1])
+        export_gguf(tiny_llama(2, SMALL_VOCAB), tmp_path / "x.gguf", dtype="q4_k", tokenizer=small_tokenizer[1])
+    with pytest.raises(NumpruneError, match="--tokenizer-pre"):  # an unknown pre-tokenizer is not guessed
+        export_gguf(tiny_llama(2, SMALL_VOCAB), tmp_path / "x.gguf", tokenizer=small_tokenizer[1])
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=SMALL_VOCAB, hidden_size=64, intermediate_size=96,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))  # fmt: skip
+    with pytest.raises(NumpruneError, match="'qwen2' has no llama"):
+        export_gguf(qwen, tmp_path / "x.gguf", tokenizer=small_tokenizer[1])
     assert not (tmp_path / "x.gguf").exists()
     assert main(["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.gguf")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

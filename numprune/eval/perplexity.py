@@ -68,3 +68,16 @@ def llamacpp_windows(tokens: Tensor, n_ctx: int, n_chunks: int | None = None, bo
     if bos_id is not None:
         windows[:, 0] = bos_id
     return windows
+
+
+def llamacpp_perplexity(
+    model: nn.Module, tokenizer, text: str, n_ctx: int, n_chunks: int | None = None, progress: bool = False
+) -> dict[str, float | int]:
+    """numprune's evaluation of ``model`` with ``llama-perplexity``'s protocol on ``text``: tokenized whole (BOS
+    first when the tokenizer adds one, as the exported GGUF's ``add_bos_token`` says), ``llamacpp_windows``,
+    the second half of each window scored. Same keys as ``perplexity``."""
+    ids = torch.tensor(tokenizer(text).input_ids)
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and ids[:1].tolist() == [bos]
+    windows = llamacpp_windows(ids, n_ctx, n_chunks, bos if adds_bos else None)
+    return perplexity(model, windows, progress=progress, first=n_ctx // 2)
