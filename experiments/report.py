@@ -1,6 +1,7 @@
 """Markdown tables for docs/quality.md and docs/ablations.md, from the result CSVs alone.
 
 PYTHONPATH=. python experiments/report.py quality      # prints the tables of results/quality_smollm2.csv
+PYTHONPATH=. python experiments/report.py readme       # the README's two test-set tables from the same CSV
 PYTHONPATH=. python experiments/report.py ablations    # one table per results/ablation_*.csv
 PYTHONPATH=. python experiments/report.py table results/smollm2_numerical.csv   # any results CSV: ppl per method
 """
@@ -12,7 +13,18 @@ from pathlib import Path
 
 import pandas as pd
 
-ORDER = ["numerical+", "numerical", "flap", "slimgpt", "wanda-sp", "llm-pruner", "magnitude", "random"]
+ORDER = ["numerical+", "numerical", "flap", "slimgpt", "wanda-sp", "mag-sp", "llm-pruner", "magnitude", "random"]
+ORDER += ["slicegpt", "depth"]
+
+
+def bold_best(t: pd.DataFrame) -> pd.DataFrame:
+    """The table as strings (2 decimals), the lowest perplexity of each column in bold."""
+    out = t.map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    for col in t.columns:
+        if t[col].notna().any():
+            best = t[col].idxmin()
+            out.loc[best, col] = f"**{out.loc[best, col]}**"
+    return out
 
 
 def _ppl(df: pd.DataFrame) -> pd.DataFrame:
@@ -33,7 +45,7 @@ def quality(path: str = "results/quality_smollm2.csv") -> str:
         t = t.reindex([m for m in ORDER if m in t.index] + [m for m in t.index if m not in ORDER])
         t.columns = [f"{round(c * 100)}%" for c in t.columns]
         out.append(f"\n**{ev}** perplexity (dense {dense.get(ev, float('nan')):.2f})\n")
-        out.append(t.round(2).to_markdown())
+        out.append(bold_best(t).to_markdown(colalign=["left"] + ["right"] * len(t.columns)))
         for ours in ("numerical", "numerical+"):
             if {ours, "flap"} <= set(t.index):
                 out.append(f"\nratio perplexity({ours}) / perplexity(FLAP): ")
@@ -48,6 +60,22 @@ def quality(path: str = "results/quality_smollm2.csv") -> str:
     out.append("\nPruning wall time and peak RSS at 20% (full pipeline, 1 thread, shared CPU)\n")
     out.append(cost.round(2).to_markdown())
     return "\n".join(out)
+
+
+def readme(path: str = "results/quality_smollm2.csv") -> str:
+    """WikiText-2 test and PTB test perplexity of every method, the best of each column in bold."""
+    ppl = _ppl(pd.read_csv(path))
+    dense = ppl[ppl.method == "dense"].set_index("eval_dataset").value
+    out = []
+    for ev, title in (("wikitext2", "WikiText-2 test"), ("ptb", "PTB test")):
+        t = ppl[(ppl.eval_dataset == ev) & (ppl.method != "dense")].pivot_table(
+            index="method", columns="ratio", values="value"
+        )
+        t = t.reindex([m for m in ORDER if m in t.index] + [m for m in t.index if m not in ORDER])
+        t.columns = [f"{round(c * 100)}%" for c in t.columns]
+        t.index.name = f"{title} (dense {dense.get(ev, float('nan')):.2f})"
+        out.append(bold_best(t).to_markdown(colalign=["left"] + ["right"] * len(t.columns)))
+    return "\n\n".join(out)
 
 
 def ablations(folder: str = "results") -> str:
@@ -106,4 +134,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["table"]:
         table(sys.argv[2])
     else:
-        print(quality() if sys.argv[1:] == ["quality"] else ablations())
+        print({"quality": quality, "readme": readme}.get(sys.argv[1] if sys.argv[1:] else "", ablations)())

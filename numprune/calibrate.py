@@ -7,7 +7,7 @@ scoring pass and the sequential compensation pass use it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -64,6 +64,7 @@ class GramAccumulator:
         if self.xtx is None:
             self.xtx = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
             self.xsum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        assert self.xsum is not None
         self.xtx.addmm_(x.T, x)
         self.xsum += x.sum(0)
         self.count += x.shape[0]
@@ -77,13 +78,13 @@ class GramAccumulator:
         self.count = int(reduce(count).item())
 
     def stats(self) -> InputStats:
-        if self.xtx is None or self.count == 0:
+        if self.xtx is None or self.xsum is None or self.count == 0:
             raise NumpruneError(f"no calibration inputs reached {self.name}")
         return InputStats(self.xtx / self.count, self.xsum / self.count, self.count)
 
 
 @contextmanager
-def record_inputs(modules: dict[str, nn.Module | None], prefix: str = "") -> Iterator[dict[str, GramAccumulator]]:
+def record_inputs(modules: Mapping[str, nn.Module | None], prefix: str = "") -> Iterator[dict[str, GramAccumulator]]:
     """Attach accumulators to the inputs of the named modules for the duration of the block."""
     accs: dict[str, GramAccumulator] = {}
     handles = []

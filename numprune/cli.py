@@ -81,7 +81,8 @@ def run_prune(args: argparse.Namespace) -> None:
     from numprune.save import check_output_dir, save_pruned
 
     options = dict(args.option)
-    get_method(args.method).check(make_config(args.ratio, args.method, **options))  # before any heavy work
+    meth = get_method(args.method)
+    meth.check(meth.resolve(make_config(args.ratio, args.method, **options)))  # before any heavy work
     problem = missing_model(args.model)
     if problem:
         raise NumpruneError(problem)

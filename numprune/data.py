@@ -50,6 +50,12 @@ class Corpus:
     documents: list[str] | None = None
 
 
+def _text(corpus: Corpus) -> str:
+    if corpus.text is None:
+        raise NumpruneError(f"{corpus.name}:{corpus.split} has documents, not one text")
+    return corpus.text
+
+
 def data_dir(explicit: str | Path | None = None) -> Path | None:
     value = explicit or os.environ.get("NUMPRUNE_DATA_DIR")
     return Path(value) if value else None
@@ -139,10 +145,10 @@ def load_corpus(spec: str, root: str | Path | None = None, default_split: str | 
     base = data_dir(root)
     if base is not None:
         if name == "c4":
-            path = _local_c4(base, split)
-            if path is not None:
-                source = f"local:{path.relative_to(base)}#{_fingerprint(path)}"
-                return Corpus(name, split, source, documents=_read_jsonl(path))
+            c4 = _local_c4(base, split)
+            if c4 is not None:
+                source = f"local:{c4.relative_to(base)}#{_fingerprint(c4)}"
+                return Corpus(name, split, source, documents=_read_jsonl(c4))
         for rel in _LOCAL.get((name, split), []):
             path = base / rel
             if path.exists():
@@ -176,7 +182,7 @@ def calibration_windows(corpus: Corpus, tokenizer, nsamples: int, seqlen: int, s
     if nsamples < 1 or seqlen < 2:
         raise NumpruneError(f"need nsamples >= 1 and seqlen >= 2, got {nsamples} x {seqlen}")
     docs = (
-        [tokenize(tokenizer, d) for d in corpus.documents] if corpus.documents else [tokenize(tokenizer, corpus.text)]
+        [tokenize(tokenizer, d) for d in corpus.documents] if corpus.documents else [tokenize(tokenizer, _text(corpus))]
     )
     return _random_windows(docs, nsamples, seqlen, seed)
 
@@ -188,7 +194,7 @@ def eval_windows(
     if corpus.documents is not None:
         windows = _random_windows([tokenize(tokenizer, d) for d in corpus.documents[:3000]], c4_windows, seqlen, seed)
     else:
-        ids = tokenize(tokenizer, corpus.text)
+        ids = tokenize(tokenizer, _text(corpus))
         n = ids.numel() // seqlen
         if n == 0:
             raise NumpruneError(f"{corpus.name} has {ids.numel()} tokens, fewer than one window of {seqlen}")

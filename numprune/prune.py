@@ -7,6 +7,7 @@ repair (compensation from the dense statistics, or re-propagated sequentially) -
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -24,11 +25,12 @@ from numprune.provenance import (
     compute_device,
     config_of,
     count_params,
+    embedding_params,
     library_versions,
     model_fingerprint,
     peak_memory,
 )
-from numprune.select import LayerUnits, Selection, attention_units, gqa_mode, kept_heads, select_units
+from numprune.select import LayerUnits, Selection, attention_units, effective_gqa, gqa_mode, kept_heads, select_units
 
 __all__ = ["PruneConfig", "Reduce", "apply_plan_", "count_params", "dense_statistics", "plan_pruning", "prune_"]
 
@@ -92,6 +94,7 @@ def plan_pruning(
     adapter = get_adapter(model)
     meth = get_method(cfg.method)
     _refuse_transform(meth)
+    cfg = meth.resolve(cfg)
     meth.check(cfg)
     calibration = check_calibration(calibration)
     device = compute_device(model, cfg, reset_peak=True)
@@ -133,6 +136,10 @@ def plan_pruning(
     plans = _layer_plans(scores, geos, sel, cfg)
 
     params_before = count_params(model)
+    gqa = effective_gqa(cfg.gqa, geos)
+    if gqa != cfg.gqa:
+        warnings.warn(f"gqa='{cfg.gqa}' prunes no attention in layers with one KV head: they prune query heads "
+                      f"within the group (gqa_effective='{gqa}' in the plan)", stacklevel=2)  # fmt: skip
     achieved = {
         "params_ratio": sel.params_ratio,
         "units_ratio": sel.units_ratio,
@@ -147,6 +154,8 @@ def plan_pruning(
         "channels_pruned": sum(g.intermediate - len(p.channels) for g, p in zip(geos, plans)),
         "model_params_before": params_before,
         "model_params_after": params_before - sel.params_removed,  # apply_plan_ records the exact count
+        "embedding_params": embedding_params(model),
+        "gqa_effective": gqa,
     }
     plan = PruningPlan(
         layers=plans,
@@ -190,6 +199,7 @@ def apply_plan_(
     adapter = get_adapter(model)
     meth = get_method(cfg.method)
     _refuse_transform(meth)
+    cfg = meth.resolve(cfg)
     device = compute_device(model, cfg)
     start = time.perf_counter()
     was_training = model.training
@@ -267,6 +277,7 @@ def _select(
             min_mlp=cfg.min_channels,
             round_to=cfg.round_to,
             layer_ratios=None if layer_ratios is None else layer_ratios[: len(scores)],
+            rounding=cfg.rounding or get_method(cfg.method).default_rounding,
         )
     except ValueError as err:
         raise NumpruneError(str(err)) from None

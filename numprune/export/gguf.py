@@ -34,7 +34,6 @@ from numprune.export.gguf_layout import (
 )
 from numprune.export.gguf_vocab import write_vocab
 
-EXPORTABLE_MODEL_TYPES = ("llama", "mistral")  # llama.cpp reads both as the LLaMA graph (llama / deci)
 T = gguf.MODEL_TENSOR
 
 
@@ -46,11 +45,13 @@ def _check_exportable(model: nn.Module) -> Any:
     """The model's adapter, or one error line saying why GGUF cannot carry this model."""
     adapter = get_adapter(model)  # unknown architectures fail here
     cfg: Any = getattr(model, "config", None)
-    base = str(getattr(cfg, "model_type", adapter.name)).removeprefix("numpruned_")
-    if adapter.name != "hf-llama" or base not in EXPORTABLE_MODEL_TYPES:
+    if getattr(adapter, "gguf_architecture", None) != "llama":  # the adapter says which llama.cpp graph fits
+        from numprune.adapters import hf_adapters
+
+        ok = ", ".join(a.name for a in hf_adapters() if a.gguf_architecture == "llama")
         raise NumpruneError(
-            f"GGUF export supports LLaMA-layout text models ({', '.join(EXPORTABLE_MODEL_TYPES)}); "
-            f"{base!r} has no llama.cpp architecture numprune writes"
+            f"GGUF export supports the LLaMA-layout families ({ok}); {adapter.name!r} has no llama.cpp "
+            "architecture numprune writes"
         )
     if getattr(cfg, "residual_dims", None):
         raise NumpruneError("GGUF export: a sliced (SliceGPT) model has shortcut matrices llama.cpp has no place for")
