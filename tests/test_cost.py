@@ -67,11 +67,12 @@ def _old_sequential_repair(model, calib, plan, cfg):
 @pytest.mark.parametrize("method", ["numerical", "flap"])
 @pytest.mark.parametrize("mask_only", [False, True])
 def test_sequential_repair_in_one_forward_equals_the_three_forward_oracle(model, calib, method, mask_only):
-    cfg = make_config(0.4, method, compensation="sequential", mask_only=mask_only, progress=False)
+    opts = dict(compensation="sequential", mask_only=mask_only, progress=False)
+    cfg = get_method(method).resolve(make_config(0.4, method, **opts))
     ref = copy.deepcopy(model)
     plan, _ = plan_pruning(ref, calib, cfg)
     _old_sequential_repair(ref, calib, plan, cfg)
-    got = prune_(model, ratio=0.4, method=method, calibration=calib, mask_only=mask_only, progress=False)
+    got = prune_(model, ratio=0.4, method=method, calibration=calib, **opts)
     assert got.layers == plan.layers
     for (name, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items()):
         assert a.shape == b.shape, name
