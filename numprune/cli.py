@@ -1,4 +1,4 @@
-"""``numprune`` command line: ``prune`` and ``eval`` (and the subcommands other modules register).
+"""``numprune`` command line: ``prune``, ``eval``, ``export`` (and the subcommands other modules register).
 
 Bad input ends with one line ``numprune: error: ...`` and exit status 2; nothing partial is written.
 """
@@ -239,6 +239,28 @@ def run_experiment(args: argparse.Namespace) -> None:
         raise NumpruneError(f"config file {args.config} does not exist")
     overrides = [o for o in args.overrides if o != "--dry-run"]  # also after the config (REMAINDER keeps it)
     run_config(args.config, overrides, list_only=args.dry_run or len(overrides) < len(args.overrides))
+
+
+@command("export")
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a (pruned) model folder as a GGUF file for llama.cpp (docs/gguf.md)")
+    p.add_argument("model", help="a model folder (dense or pruned by numprune), 'smollm2' or a hub id")
+    p.add_argument("--format", default="gguf", choices=["gguf"])
+    p.add_argument("--out", required=True, help="the .gguf file to write")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"], help="matrix storage type")
+    p.add_argument("--tokenizer-pre", default=None, help="llama.cpp pre-tokenizer name, if numprune cannot tell")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from numprune.export.gguf import export_gguf
+    from numprune.hub import missing_model
+
+    problem = missing_model(args.model)
+    if problem:
+        raise NumpruneError(problem)
+    summary = export_gguf(args.model, args.out, dtype=args.dtype, tokenizer_pre=args.tokenizer_pre)
+    print(json.dumps({"out": str(args.out), **summary}))
 
 
 def build_parser() -> argparse.ArgumentParser:
