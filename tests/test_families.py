@@ -201,3 +201,20 @@ def test_unsupported_families_name_the_supported_ones(calib):
 
     with pytest.raises(NumpruneError, match=r"'gemma3' \(a vision-language.*Gemma3ForCausalLM.*gemma3 \(gemma3_text\)"):
         get_adapter(VisionLanguage())
+
+
+@pytest.mark.parametrize("case", ["gemma3-gqa", "qwen2-gqa", "mistral-gqa", "llama3-mha"])
+def test_layerwise_runner_gives_each_layer_its_own_inputs(case, calib):
+    """The layer-by-layer calibration walk computes the model's own hidden states: every layer gets the RoPE
+    tables and mask of its type (Gemma 3's global layers rotate with another theta than its sliding layers;
+    windows of 8 < the 32-token samples make the masks differ)."""
+    from numprune.calibrate import LayerwiseRunner
+
+    model = family_model(case)
+    runner = LayerwiseRunner(model, get_adapter(model), calib, torch.device("cpu"), progress=False)
+    expect = model(calib, output_hidden_states=True).hidden_states
+    layers = model.model.layers
+    for i, layer in enumerate(layers[:-1]):
+        runner.position = i
+        runner.hidden = runner.forward(layer)
+        torch.testing.assert_close(torch.cat(runner.hidden), expect[i + 1], atol=1e-5, rtol=1e-5)

@@ -56,6 +56,9 @@ class HFDecoderAdapter:
     # SliceGPT rotates the residual stream: only where its norms are RMSNorms before the blocks (no post-norms)
     rotation_invariant = True
     mlp_norm = "post_attention_layernorm"  # the norm whose output the MLP reads
+    # llama.cpp's graph that computes this family exactly with LLaMA's tensors (GGUF export), or None where the
+    # family adds what that graph lacks (q/k/v biases, per-head norms, post-norms): numprune/export/gguf.py
+    gguf_architecture: str | None = None
 
     def matches(self, model: Any) -> bool:
         """``model`` is of this family (stock, or pruned by numprune) and has the shared layout."""
@@ -91,6 +94,13 @@ class HFDecoderAdapter:
     def mlp_in(self, layer: Any) -> list[nn.Linear]:
         mlp = layer.mlp
         return [mlp.gate_proj, mlp.up_proj] if hasattr(mlp, "gate_proj") else []
+
+    def output_biases(self, layer: Any) -> tuple[Tensor | None, Tensor | None]:
+        """The output biases of the attention and MLP blocks (``o_proj`` / ``down_proj``, or a fully pruned
+        block's), None where the model has none (only FLAP-compensated models have them)."""
+        attn = getattr(layer.self_attn, "o_proj", layer.self_attn)
+        mlp = getattr(layer.mlp, "down_proj", layer.mlp)
+        return getattr(attn, "bias", None), getattr(mlp, "bias", None)
 
     def resize_attention(self, layer: Any, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
         return resize_attention(layer, heads, kv_heads, output_bias)

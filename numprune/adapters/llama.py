@@ -13,3 +13,4 @@ from numprune.adapters.hf_decoder import HFDecoderAdapter
 class LlamaAdapter(HFDecoderAdapter):
     name = "llama"
     model_type = "llama"
+    gguf_architecture = "llama"

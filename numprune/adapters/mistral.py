@@ -12,3 +12,4 @@ from numprune.adapters.hf_decoder import HFDecoderAdapter
 class MistralAdapter(HFDecoderAdapter):
     name = "mistral"
     model_type = "mistral"
+    gguf_architecture = "llama"  # sliding window not written (llama.cpp reads it as LLaMA)

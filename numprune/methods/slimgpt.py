@@ -38,7 +38,7 @@ from numprune.calibrate import InputStats
 from numprune.config import PruneConfig
 from numprune.errors import NumpruneError
 from numprune.methods.base import LayerScores, Method
-from numprune.select import unit_count
+from numprune.select import gqa_mode, unit_count
 
 JITTER = 1e-10  # first relative jitter tried when an undamped Hessian is singular
 MIN_TO_MAX = 0.25  # the README's min_sparsity / max_sparsity = 0.0625 / 0.25
@@ -176,7 +176,7 @@ class SlimGPT(Method):
     def score_heads(self, stats: InputStats, o_weight: Tensor, geo: LayerGeometry, cfg: PruneConfig) -> Tensor:
         cols = torch.arange(geo.num_heads * geo.head_dim).reshape(geo.num_heads, geo.head_dim)
         damp = self._damp(cfg)
-        if cfg.gqa == "groups":  # one OBS unit per KV group: the columns of its G query heads
+        if gqa_mode(cfg.gqa, geo) == "groups":  # one OBS unit per KV group: the columns of its G query heads
             units = list(cols.reshape(geo.num_kv_heads, -1))
             return head_order(stats.gram, o_weight, units, damp).repeat_interleave(geo.group_size)
         return head_order(stats.gram, o_weight, list(cols), damp)
