@@ -11,7 +11,7 @@ from typing import Any, Literal
 from numprune.errors import NumpruneError
 
 Allocation = Literal["global", "uniform"]
-HeadScaling = Literal["alpha", "none"]
+HeadScaling = Literal["alpha", "none", "error"]
 
 # The one table of weight dtypes a user can name (CLI, configs, LightningModules).
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
@@ -36,6 +36,10 @@ class PruneConfig:
     ratio_of: Literal["params", "units"] = "params"
     allocation: Allocation | None = None  # None: the method's default
     head_scaling: HeadScaling | None = None  # None: the method's default
+    # head_scaling="error" (numprune.exchange): which removal order the error curves follow, and how many MLP
+    # channels one greedy step removes (1: exact greedy; larger: fewer OBS updates, coarser curve)
+    error_order: Literal["greedy", "numerical"] = "greedy"
+    error_step: int = 8
     # GQA: prune query heads within KV groups (held-out best, docs/ablations.md), or whole KV groups ("groups")
     gqa: Literal["groups", "query"] = "query"
     min_heads: int = 1  # per layer: KV groups kept (gqa="groups"), or query heads kept per group ("query")
@@ -63,7 +67,8 @@ class PruneConfig:
         choices = {
             "ratio_of": ("params", "units"),
             "allocation": ("global", "uniform", None),
-            "head_scaling": ("alpha", "none", None),
+            "head_scaling": ("alpha", "none", "error", None),
+            "error_order": ("greedy", "numerical"),
             "gqa": ("groups", "query"),
             "compensation": ("dense", "sequential", "none"),
             "calibration_mode": ("layerwise", "streaming"),
@@ -78,6 +83,8 @@ class PruneConfig:
                 "sequential compensation re-propagates layer by layer: with calibration_mode='streaming' set "
                 "compensation='dense' (or 'none')"
             )
+        if self.error_step < 1:
+            raise NumpruneError(f"error_step must be >= 1, got {self.error_step}")
         if self.calibration_batch < 1:
             raise NumpruneError(f"calibration_batch must be >= 1, got {self.calibration_batch}")
         if self.damp < 0 or self.iters < 1 or (self.lam is not None and self.lam <= 0):

@@ -7,12 +7,13 @@ repair (compensation from the dense statistics, or re-propagated sequentially) -
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
 from numprune.adapters import Adapter, get_adapter
-from numprune.adapters.base import LayerGeometry
+from numprune.adapters.base import LayerGeometry, per_token_record
 from numprune.calibrate import InputStats, Reduce, check_calibration
 from numprune.config import PruneConfig, make_config
 from numprune.errors import NumpruneError
@@ -133,6 +134,8 @@ def plan_pruning(
     plans = _layer_plans(scores, geos, sel, cfg)
 
     params_before = count_params(model)
+    kept = [replace(g, num_heads=len(p.heads), num_kv_heads=len(p.kv_heads), intermediate=len(p.channels))
+            for g, p in zip(geos, plans)]  # fmt: skip
     achieved = {
         "params_ratio": sel.params_ratio,
         "units_ratio": sel.units_ratio,
@@ -147,6 +150,8 @@ def plan_pruning(
         "channels_pruned": sum(g.intermediate - len(p.channels) for g, p in zip(geos, plans)),
         "model_params_before": params_before,
         "model_params_after": params_before - sel.params_removed,  # apply_plan_ records the exact count
+        # what the heads bought: KV-cache bytes and attention FLOPs per token, pruned and dense
+        **per_token_record(geos, kept, next(model.parameters()).element_size()),
     }
     plan = PruningPlan(
         layers=plans,

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from numprune.adapters import get_adapter
+from numprune.adapters.base import per_token_record
 from numprune.calibrate import check_calibration
 from numprune.config import PruneConfig
 from numprune.errors import NumpruneError
@@ -48,6 +49,8 @@ def transform_model_(
     seconds = time.perf_counter() - start
     model.train(was_training)
     achieved = {**done.achieved, "model_params_before": params_before, "model_params_after": count_params(model)}
+    kept = [adapter.geometry(layer) for layer in adapter.layers(model)]
+    achieved |= per_token_record(geos, kept, next(model.parameters()).element_size())
     return PruningPlan(
         layers=done.layers,
         dense_shapes=[g.shape for g in geos],

@@ -90,6 +90,25 @@ class LayerGeometry:
         return (self.num_heads * self.head_dim) ** 2 + self.intermediate**2
 
 
+FLOPS_CONTEXT = 2048  # cached tokens at which results report attention FLOPs per token (the paper's length)
+
+
+def per_token_costs(geos: list[LayerGeometry], element_size: int, context: int = FLOPS_CONTEXT) -> dict[str, int]:
+    """What the attention of a model with these layers costs per generated token: KV-cache bytes
+    (``element_size`` bytes per cached element) and attention FLOPs at ``context`` cached tokens."""
+    return {
+        "kv_bytes_per_token": element_size * sum(g.kv_cache_per_token for g in geos),
+        "attn_flops_per_token": sum(g.attention_flops_per_token(context) for g in geos),
+    }
+
+
+def per_token_record(dense: list[LayerGeometry], kept: list[LayerGeometry], element_size: int) -> dict[str, int]:
+    """``per_token_costs`` of a pruned model and of its dense original (``*_dense``), for a plan's ``achieved``."""
+    record = per_token_costs(kept, element_size)
+    record |= {f"{k}_dense": v for k, v in per_token_costs(dense, element_size).items()}
+    return record | {"attn_flops_context": FLOPS_CONTEXT}
+
+
 class Adapter(Protocol):
     """Architecture knowledge needed by calibration, scoring, compensation and surgery."""
 

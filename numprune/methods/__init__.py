@@ -56,6 +56,9 @@ def effective_options(ratio: float, method: str = "numerical", **options: Any) -
     out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RECORDED}
     out["allocation"] = cfg.allocation or meth.default_allocation
     out["head_scaling"] = cfg.head_scaling or meth.default_head_scaling
+    if out["head_scaling"] != "error":  # the error rule's own options change nothing else
+        out.pop("error_order")
+        out.pop("error_step")
     return out
 
 

@@ -61,6 +61,7 @@ class Method:
     default_allocation: ClassVar[Allocation] = "global"  # when PruneConfig.allocation is None
     default_head_scaling: ClassVar[HeadScaling] = "alpha"  # when PruneConfig.head_scaling is None
     scoring: ClassVar[Scoring] = "dense"
+    error_scores: ClassVar[bool] = False  # whether head_scaling="error" applies (its scores replace the method's)
     repair_kind: ClassVar[Repair] = "slice"
 
     def score(
@@ -112,6 +113,11 @@ class Method:
                 raise NumpruneError(f"{self.name} rewrites the model in one layer-by-layer pass: {bad[0]} is refused")
             return
         allocation = cfg.allocation or self.default_allocation
+        if (cfg.head_scaling or self.default_head_scaling) == "error" and not self.error_scores:
+            raise NumpruneError(
+                f"head_scaling='error' ranks by the refit error of numerical's compensation; {self.name} has its "
+                "own scores: use head_scaling='alpha' or 'none'"
+            )
         if self.scoring == "sequential" and allocation == "global":
             raise NumpruneError(
                 f"{self.name} scores each layer through the already pruned ones: it needs allocation='uniform'"
