@@ -60,6 +60,7 @@ EXCHANGE = [
     ("alpha", {"head_scaling": "alpha"}),  # the paper's alpha (numprune's default before issue 13)
     ("none", {"head_scaling": "none"}),
     ("error", {"head_scaling": "error"}),  # refit error per parameter, greedy curves (numprune.exchange)
+    ("error-absolute", {"head_scaling": "error", "error_norm": "absolute"}),  # raw errors across layers
     ("error+groups", {"head_scaling": "error", "gqa": "groups"}),  # ... over whole KV groups (KV cache goes)
     ("error[numerical-order]", {"head_scaling": "error", "error_order": "numerical"}),  # Algorithm 1's order
 ]

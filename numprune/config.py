@@ -40,6 +40,9 @@ class PruneConfig:
     # channels one greedy step removes (1: exact greedy; larger: fewer OBS updates, coarser curve)
     error_order: Literal["greedy", "numerical"] = "greedy"
     error_step: int = 8
+    # ... and how layers compare: "layer" divides each layer's errors by its dense output energy (attention +
+    # MLP), "absolute" compares raw errors (early layers, whose outputs are small, then lose most)
+    error_norm: Literal["layer", "absolute"] = "layer"
     # GQA: prune query heads within KV groups (held-out best, docs/ablations.md), or whole KV groups ("groups")
     gqa: Literal["groups", "query"] = "query"
     min_heads: int = 1  # per layer: KV groups kept (gqa="groups"), or query heads kept per group ("query")
@@ -69,6 +72,7 @@ class PruneConfig:
             "allocation": ("global", "uniform", None),
             "head_scaling": ("alpha", "none", "error", None),
             "error_order": ("greedy", "numerical"),
+            "error_norm": ("layer", "absolute"),
             "gqa": ("groups", "query"),
             "compensation": ("dense", "sequential", "none"),
             "calibration_mode": ("layerwise", "streaming"),

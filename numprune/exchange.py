@@ -193,6 +193,12 @@ def unit_scores(chosen: list[list[int]], slopes: Tensor, n: int) -> Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
+def output_energy(gram: Tensor, weight: Tensor) -> float:
+    """``tr(W^T G W)``: the mean squared output of a projection (its error when every input column goes)."""
+    w = weight.to(device=gram.device, dtype=torch.float64)
+    return float(torch.einsum("oi,ij,oj->", w, gram.to(torch.float64), w))
+
+
 def layer_error_scores(
     o_gram: Tensor,
     o_weight: Tensor,
@@ -205,6 +211,7 @@ def layer_error_scores(
     per_step: int = 1,
     heads_order: Tensor | None = None,
     channels_order: Tensor | None = None,
+    norm: str = "layer",
 ) -> tuple[Tensor, Tensor]:
     """Per query head ``[H]`` and per MLP channel ``[I]``: hull slope of its layer's refit-error curve per
     parameter removed (low = prune first; one scale for heads and channels, across layers).
@@ -213,7 +220,15 @@ def layer_error_scores(
     (``groups``: a step removes one group) or query heads within groups (``query``: a step removes one query
     head of every group, so a slice of the selection). ``heads_order`` / ``channels_order``: scores whose
     ascending order fixes the removal order (the curve of another ranking) instead of the greedy choice.
+    ``norm="layer"`` divides both curves by the layer's dense output energy ``tr(W_o^T G_o W_o) +
+    tr(W_d^T G_d W_d)`` (what attention and MLP write into the residual stream), so that layers compare by the
+    fraction of their output they lose; ``"absolute"`` keeps the raw errors.
     """
+    if norm not in ("layer", "absolute"):
+        raise ValueError(f"norm must be 'layer' or 'absolute', got {norm!r}")
+    scale = 1.0
+    if norm == "layer":
+        scale = output_energy(o_gram, o_weight) + output_energy(down_gram, down_weight)
     h, g, d_h = geo.num_heads, geo.group_size, geo.head_dim
     head_cols = torch.arange(h * d_h).reshape(h, d_h)
     if gqa_mode(gqa, geo) == "groups":
@@ -228,7 +243,7 @@ def layer_error_scores(
             ranked = heads_order.reshape(geo.num_kv_heads, g).argsort(dim=1) + torch.arange(0, h, g)[:, None]
             order = ranked.T[: g - 1].tolist()
     chosen, err = removal_curve(o_gram, o_weight, units, damp=damp, pools=pools, order=order)
-    unit = unit_scores(chosen, hull_slopes(torch.full((len(chosen),), float(cost)), err), units.shape[0])
+    unit = unit_scores(chosen, hull_slopes(torch.full((len(chosen),), float(cost)), err / scale), units.shape[0])
     heads = unit.repeat_interleave(g) if pools is None else unit
 
     channels = torch.arange(geo.intermediate)[:, None]
@@ -238,4 +253,4 @@ def layer_error_scores(
         c_order = [c.tolist() for c in c_order]
     chosen, err = removal_curve(down_gram, down_weight, channels, damp=damp, per_step=per_step, order=c_order)
     costs = torch.tensor([len(s) * geo.channel_params for s in chosen], dtype=torch.float64)
-    return heads, unit_scores(chosen, hull_slopes(costs, err), geo.intermediate)
+    return heads, unit_scores(chosen, hull_slopes(costs, err / scale), geo.intermediate)

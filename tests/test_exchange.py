@@ -136,7 +136,7 @@ def test_global_merge_is_optimal_for_independent_units():
     units, per_unit = [], []  # (layer, kind, index), (cost, error alone)
     lus = []
     for i, (og, ow, dg, dw) in enumerate(layers):
-        heads, channels = layer_error_scores(og, ow, dg, dw, geo, gqa="groups", damp=0.1, per_step=1)
+        heads, channels = layer_error_scores(og, ow, dg, dw, geo, gqa="groups", damp=0.1, per_step=1, norm="absolute")
         a, cost, fixed = attention_units(heads, geo, "groups")
         lus.append(LayerUnits(a, cost, channels, geo.channel_params, fixed))
         for h in range(2):
@@ -160,6 +160,20 @@ def test_global_merge_is_optimal_for_independent_units():
             if sum(per_unit[j][0] for j in s) >= sel.params_removed
         )
         assert ours == pytest.approx(best, rel=1e-9)
+
+
+def test_layer_norm_divides_by_the_output_energy():
+    geo = LayerGeometry(hidden=3, num_heads=2, num_kv_heads=2, head_dim=2, intermediate=3)
+    og, ow, dg, dw = _independent_layer(0, geo)
+    opts = dict(gqa="groups", damp=0.1, per_step=1)
+    h_abs, c_abs = layer_error_scores(og, ow, dg, dw, geo, norm="absolute", **opts)
+    h_rel, c_rel = layer_error_scores(og, ow, dg, dw, geo, norm="layer", **opts)
+    energy = float(torch.einsum("oi,ij,oj->", ow, og, ow) + torch.einsum("oi,ij,oj->", dw, dg, dw))
+    assert torch.allclose(h_rel[h_rel.isfinite()] * energy, h_abs[h_abs.isfinite()], rtol=1e-9)
+    assert torch.allclose(c_rel * energy, c_abs, rtol=1e-9)
+    # scaling a layer's weights leaves its layer-normalised scores unchanged (absolute ones grow 4x)
+    h2, c2 = layer_error_scores(og, 2 * ow, dg, 2 * dw, geo, norm="layer", **opts)
+    assert torch.allclose(c2, c_rel, rtol=1e-9) and torch.allclose(h2, h_rel, rtol=1e-9)
 
 
 @pytest.mark.parametrize("gqa", ["groups", "query"])

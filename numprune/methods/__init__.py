@@ -57,8 +57,8 @@ def effective_options(ratio: float, method: str = "numerical", **options: Any) -
     out["allocation"] = cfg.allocation or meth.default_allocation
     out["head_scaling"] = cfg.head_scaling or meth.default_head_scaling
     if out["head_scaling"] != "error":  # the error rule's own options change nothing else
-        out.pop("error_order")
-        out.pop("error_step")
+        for name in ("error_order", "error_step", "error_norm"):
+            out.pop(name)
     return out
 
 

@@ -39,7 +39,7 @@ class Numerical(Method):
                       "channels_order": channel_scores(stats["down_proj"], down_weight)}  # fmt: skip
         heads, channels = layer_error_scores(
             stats["o_proj"].gram, o_weight, stats["down_proj"].gram, down_weight, geo,
-            gqa=cfg.gqa, damp=cfg.damp, per_step=cfg.error_step, **orders,
+            gqa=cfg.gqa, damp=cfg.damp, per_step=cfg.error_step, norm=cfg.error_norm, **orders,
         )  # fmt: skip
         return LayerScores(heads=heads, channels=channels)
 
