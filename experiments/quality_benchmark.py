@@ -31,7 +31,7 @@ METHODS += ("slicegpt", "depth")  # they rewrite the model: residual stream slic
 # paper's method as the paper reads (dense compensation); "numerical+" is numprune's defaults, chosen on held-out
 # PTB validation (docs/ablations.md): query heads within KV groups, sequential compensation.
 VARIANTS = {
-    "numerical": ("numerical", {"compensation": "dense"}),
+    "numerical": ("numerical", {"compensation": "dense", "head_scaling": "alpha"}),
     "numerical+": ("numerical", {"gqa": "query", "compensation": "sequential"}),
 }
 EVALS = ("wikitext2", "ptb", "ptb:validation")
