@@ -19,15 +19,15 @@ import os
 
 import torch
 
-from numprune.config import PruneConfig
 from numprune.evaluators import Evaluator
+from numprune.methods.numerical import PAPER_READING, Numerical
 from numprune.points import text_point
 from numprune.runner import Runner
 
 RATIOS = (0.2, 0.4)
 # One-factor ablations start from the paper's reading (whole KV groups, compensation from the dense pass) with
 # the chosen damping; the "defaults" ablation then combines the winners (numprune's defaults).
-BASE = {"damp": 0.1, "gqa": "groups", "compensation": "dense"}
+BASE = dict(PAPER_READING)  # numprune.methods.numerical.PAPER_READING: the one definition
 EVALS = ("ptb:validation", "wikitext2")
 
 # name -> list of (label, options, nsamples); the first entry of each is the PruneConfig default (shared rows).
@@ -103,7 +103,7 @@ def main() -> None:
     args.only = [name for name in args.only if name != "exchange"]
     base = json.loads(args.base)
     if "damp" not in base:
-        base["damp"] = PruneConfig.__dataclass_fields__["damp"].default
+        base["damp"] = Numerical.default_damp
     runners = {name: Runner(f"results/ablation_{name}.csv") for name in args.only}  # one dense-stats cache each
 
     for name in args.only:

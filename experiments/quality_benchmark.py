@@ -8,9 +8,10 @@ available offline), identical for every method (LLM-Pruner's Taylor pass uses th
 Ratio = fraction of attention+MLP parameters removed (every row states the achieved ratio). Perplexity: the
 first 16 non-overlapping 256-token windows of WikiText-2 test and PTB test, and of PTB validation (held out:
 the split defaults are chosen on, never the test splits). Pruning wall time and peak RSS of the full pipeline
-are rows at 20%; the other ratios reuse one dense calibration pass per process (identical pruned models) and
-record only ``prune_seconds_excl_dense_pass``.
-Rows go to results/quality_smollm2.csv; a rerun skips rows already there, so the grid resumes.
+are rows at 20%; at the other ratios the methods that score from the dense pass reuse one dense calibration
+pass per process (identical pruned models) and record only ``prune_seconds_excl_dense_pass``.
+Rows go to results/quality_smollm2.csv; a rerun skips rows already there, so the grid resumes, and two processes
+may share the CSV (each with its own ``--methods``: rows are appended under a file lock).
 """
 
 from __future__ import annotations
@@ -20,18 +21,22 @@ import os
 
 import torch
 
+from numprune.methods.numerical import PAPER_READING
 from numprune.points import text_point
 from numprune.runner import run_points
 
 RATIOS = (0.2, 0.4, 0.1, 0.3, 0.5)  # in this order, so that a partial grid has the ablation ratios first
 TIMED_RATIO = 0.2  # this point of each method runs the full pipeline; the others share one dense pass
-METHODS = ("numerical+", "numerical", "flap", "slimgpt", "wanda-sp", "llm-pruner", "magnitude", "random")
-METHODS += ("slicegpt", "depth")  # they rewrite the model: residual stream sliced, whole blocks removed (issue 10)
-# label -> (method, options). Every method prunes whole KV groups (the paper's reading of GQA); "numerical" is the
-# paper's method as the paper reads (dense compensation); "numerical+" is numprune's defaults, chosen on held-out
-# PTB validation (docs/ablations.md): query heads within KV groups, sequential compensation.
+# Baselines as their official code runs them (docs/quality.md, "Fidelity to the official code"), then the methods
+# that rewrite the model (residual stream sliced, whole blocks removed), then ours.
+METHODS = ("flap", "slimgpt", "wanda-sp", "mag-sp", "llm-pruner", "magnitude", "random", "slicegpt", "depth")
+METHODS += ("numerical", "numerical+")
+# label -> (method, options). Every head/channel method prunes whole KV groups (gqa="groups": the official codes
+# are MHA-only, docs/quality.md); "numerical" is the paper's reading (numprune.methods.numerical.PAPER_READING:
+# dense compensation, damp 0.1); "numerical+" is numprune's defaults, chosen on held-out PTB validation
+# (docs/ablations.md): query heads within KV groups, sequential compensation. Every row records all its options.
 VARIANTS = {
-    "numerical": ("numerical", {"compensation": "dense", "head_scaling": "alpha"}),
+    "numerical": ("numerical", dict(PAPER_READING)),
     "numerical+": ("numerical", {"gqa": "query", "compensation": "sequential"}),
 }
 EVALS = ("wikitext2", "ptb", "ptb:validation")

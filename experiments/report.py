@@ -1,6 +1,7 @@
 """Markdown tables for docs/quality.md and docs/ablations.md, from the result CSVs alone.
 
 PYTHONPATH=. python experiments/report.py quality      # prints the tables of results/quality_smollm2.csv
+PYTHONPATH=. python experiments/report.py readme       # the README's two test-set tables from the same CSV
 PYTHONPATH=. python experiments/report.py ablations    # one table per results/ablation_*.csv
 PYTHONPATH=. python experiments/report.py exchange     # issue 13's table (results/ablation_exchange.csv)
 PYTHONPATH=. python experiments/report.py table results/smollm2_numerical.csv   # any results CSV: ppl per method
@@ -13,7 +14,18 @@ from pathlib import Path
 
 import pandas as pd
 
-ORDER = ["numerical+", "numerical", "flap", "slimgpt", "wanda-sp", "llm-pruner", "magnitude", "random"]
+ORDER = ["numerical+", "numerical", "flap", "slimgpt", "wanda-sp", "mag-sp", "llm-pruner", "magnitude", "random"]
+ORDER += ["slicegpt", "depth"]
+
+
+def bold_best(t: pd.DataFrame) -> pd.DataFrame:
+    """The table as strings (2 decimals), the lowest perplexity of each column in bold."""
+    out = t.map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    for col in t.columns:
+        if t[col].notna().any():
+            best = t[col].idxmin()
+            out.loc[best, col] = f"**{out.loc[best, col]}**"
+    return out
 
 
 def _ppl(df: pd.DataFrame) -> pd.DataFrame:
@@ -34,7 +46,7 @@ def quality(path: str = "results/quality_smollm2.csv") -> str:
         t = t.reindex([m for m in ORDER if m in t.index] + [m for m in t.index if m not in ORDER])
         t.columns = [f"{round(c * 100)}%" for c in t.columns]
         out.append(f"\n**{ev}** perplexity (dense {dense.get(ev, float('nan')):.2f})\n")
-        out.append(t.round(2).to_markdown())
+        out.append(bold_best(t).to_markdown(colalign=["left"] + ["right"] * len(t.columns)))
         for ours in ("numerical", "numerical+"):
             if {ours, "flap"} <= set(t.index):
                 out.append(f"\nratio perplexity({ours}) / perplexity(FLAP): ")
@@ -49,6 +61,22 @@ def quality(path: str = "results/quality_smollm2.csv") -> str:
     out.append("\nPruning wall time and peak RSS at 20% (full pipeline, 1 thread, shared CPU)\n")
     out.append(cost.round(2).to_markdown())
     return "\n".join(out)
+
+
+def readme(path: str = "results/quality_smollm2.csv") -> str:
+    """WikiText-2 test and PTB test perplexity of every method, the best of each column in bold."""
+    ppl = _ppl(pd.read_csv(path))
+    dense = ppl[ppl.method == "dense"].set_index("eval_dataset").value
+    out = []
+    for ev, title in (("wikitext2", "WikiText-2 test"), ("ptb", "PTB test")):
+        t = ppl[(ppl.eval_dataset == ev) & (ppl.method != "dense")].pivot_table(
+            index="method", columns="ratio", values="value"
+        )
+        t = t.reindex([m for m in ORDER if m in t.index] + [m for m in t.index if m not in ORDER])
+        t.columns = [f"{round(c * 100)}%" for c in t.columns]
+        t.index.name = f"{title} (dense {dense.get(ev, float('nan')):.2f})"
+        out.append(bold_best(t).to_markdown(colalign=["left"] + ["right"] * len(t.columns)))
+    return "\n\n".join(out)
 
 
 def ablations(folder: str = "results") -> str:
@@ -137,4 +165,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["table"]:
         table(sys.argv[2])
     else:
-        print({"quality": quality, "exchange": exchange}.get(sys.argv[1] if sys.argv[1:] else "", ablations)())
+        tables = {"quality": quality, "readme": readme, "exchange": exchange}
+        print(tables.get(sys.argv[1] if sys.argv[1:] else "", ablations)())

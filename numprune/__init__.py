@@ -19,6 +19,7 @@ _EXPORTS = {
     "PruningPlan": "numprune.plan",
     "apply_plan_": "numprune.prune",
     "compensate": "numprune.compensate",
+    "export_gguf": "numprune.export.gguf",
     "load_pruned": "numprune.save",
     "numerical_score": "numprune.score",
     "plan_pruning": "numprune.prune",
@@ -32,6 +33,7 @@ __all__ = [
     "PruningPlan",
     "apply_plan_",
     "compensate",
+    "export_gguf",
     "load_pruned",
     "numerical_score",
     "plan_pruning",
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from numprune.compensate import compensate
     from numprune.config import PruneConfig
     from numprune.errors import NumpruneError
+    from numprune.export.gguf import export_gguf
     from numprune.plan import LayerPlan, PruningPlan
     from numprune.prune import apply_plan_, plan_pruning, prune_
     from numprune.save import load_pruned, save_pruned

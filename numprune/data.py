@@ -50,6 +50,12 @@ class Corpus:
     documents: list[str] | None = None
 
 
+def _text(corpus: Corpus) -> str:
+    if corpus.text is None:
+        raise NumpruneError(f"{corpus.name}:{corpus.split} has documents, not one text")
+    return corpus.text
+
+
 def data_dir(explicit: str | Path | None = None) -> Path | None:
     value = explicit or os.environ.get("NUMPRUNE_DATA_DIR")
     return Path(value) if value else None
@@ -139,10 +145,10 @@ def load_corpus(spec: str, root: str | Path | None = None, default_split: str | 
     base = data_dir(root)
     if base is not None:
         if name == "c4":
-            path = _local_c4(base, split)
-            if path is not None:
-                source = f"local:{path.relative_to(base)}#{_fingerprint(path)}"
-                return Corpus(name, split, source, documents=_read_jsonl(path))
+            c4 = _local_c4(base, split)
+            if c4 is not None:
+                source = f"local:{c4.relative_to(base)}#{_fingerprint(c4)}"
+                return Corpus(name, split, source, documents=_read_jsonl(c4))
         for rel in _LOCAL.get((name, split), []):
             path = base / rel
             if path.exists():
@@ -154,6 +160,21 @@ def load_corpus(spec: str, root: str | Path | None = None, default_split: str | 
 def tokenize(tokenizer, text: str) -> Tensor:
     """Token ids of a text without special tokens (so perplexities compare across transformers versions)."""
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+
+def bos_token(tokenizer) -> int | None:
+    """The BOS id every window starts with, or None: the model's own policy, read from its tokenizer (does it
+    prepend ``bos_token_id`` to a text?). Gemma 3 does, and needs it (WikiText-2 8 x 512: perplexity 53 without
+    BOS, 23 with); SmolLM2's tokenizer in transformers 5 does not (its reference numbers have none)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    return bos if tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos] else None
+
+
+def _with_bos(windows: Tensor, bos: int | None) -> Tensor:
+    """``[W, L - 1]`` text windows -> ``[W, L]`` windows that start with BOS (unchanged without one)."""
+    return windows if bos is None else torch.cat([torch.full_like(windows[:, :1], bos), windows], dim=1)
 
 
 def _random_windows(docs: list[Tensor], n: int, seqlen: int, seed: int) -> Tensor:
@@ -172,25 +193,32 @@ def _random_windows(docs: list[Tensor], n: int, seqlen: int, seed: int) -> Tenso
 
 
 def calibration_windows(corpus: Corpus, tokenizer, nsamples: int, seqlen: int, seed: int = 0) -> Tensor:
-    """``[nsamples, seqlen]`` random windows (the paper's 128 x 2048 from WikiText-2 train), seeded."""
+    """``[nsamples, seqlen]`` random windows (the paper's 128 x 2048 from WikiText-2 train), seeded; with the
+    tokenizer's BOS (``bos_token``) each window is BOS + ``seqlen - 1`` text tokens."""
     if nsamples < 1 or seqlen < 2:
         raise NumpruneError(f"need nsamples >= 1 and seqlen >= 2, got {nsamples} x {seqlen}")
     docs = (
-        [tokenize(tokenizer, d) for d in corpus.documents] if corpus.documents else [tokenize(tokenizer, corpus.text)]
+        [tokenize(tokenizer, d) for d in corpus.documents] if corpus.documents else [tokenize(tokenizer, _text(corpus))]
     )
-    return _random_windows(docs, nsamples, seqlen, seed)
+    bos = bos_token(tokenizer)
+    return _with_bos(_random_windows(docs, nsamples, seqlen - (bos is not None), seed), bos)
 
 
 def eval_windows(
     corpus: Corpus, tokenizer, seqlen: int, max_windows: int | None = None, c4_windows: int = 256, seed: int = 0
 ) -> Tensor:
-    """Non-overlapping ``[W, seqlen]`` windows of the joined text (C4: ``c4_windows`` seeded random windows)."""
+    """Non-overlapping ``[W, seqlen]`` windows of the joined text (C4: ``c4_windows`` seeded random windows); with
+    the tokenizer's BOS each window is BOS + the next ``seqlen - 1`` text tokens (every text token is scored once,
+    the first one of a window from BOS)."""
+    bos = bos_token(tokenizer)
+    text_len = seqlen - (bos is not None)
     if corpus.documents is not None:
-        windows = _random_windows([tokenize(tokenizer, d) for d in corpus.documents[:3000]], c4_windows, seqlen, seed)
+        docs = [tokenize(tokenizer, d) for d in corpus.documents[:3000]]
+        windows = _random_windows(docs, c4_windows, text_len, seed)
     else:
-        ids = tokenize(tokenizer, corpus.text)
-        n = ids.numel() // seqlen
+        ids = tokenize(tokenizer, _text(corpus))
+        n = ids.numel() // text_len
         if n == 0:
             raise NumpruneError(f"{corpus.name} has {ids.numel()} tokens, fewer than one window of {seqlen}")
-        windows = ids[: n * seqlen].reshape(n, seqlen)
-    return windows[:max_windows] if max_windows else windows
+        windows = ids[: n * text_len].reshape(n, text_len)
+    return _with_bos(windows[:max_windows] if max_windows else windows, bos)

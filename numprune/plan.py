@@ -24,7 +24,7 @@ class PruningPlan:
     method: str
     ratio: float
     options: dict[str, Any]  # every PruneConfig field
-    achieved: dict[str, float | int]  # params/units ratio of attention+MLP, whole-model params before/after, ...
+    achieved: dict[str, Any]  # params/units ratio of attention+MLP, whole-model params before/after, ...
     calibration: dict[str, Any] = field(default_factory=dict)  # dataset, source, nsamples, seqlen, seed
     model: dict[str, Any] = field(default_factory=dict)  # name_or_path, model_type, fingerprint
     timing: dict[str, float] = field(default_factory=dict)  # seconds, peak memory
@@ -57,8 +57,18 @@ class PruningPlan:
             f"removed {a['params_ratio']:.4f} of attention+MLP params, "
             f"{a['attn_units_pruned']}/{a['attn_units_total']} attention units, "
             f"{a['channels_pruned']}/{a['channels_total']} MLP channels; "
-            f"model params {a['model_params_before']:,} -> {a['model_params_after']:,}"
+            f"model params {a['model_params_before']:,} -> {a['model_params_after']:,}{self.notes()}"
         )
+
+    def notes(self) -> str:
+        """What the ratio does not show: the embedding share of the model (the ratio counts attention+MLP only;
+        the embedding dominates small models of large vocabularies) and a GQA mode other than the one asked."""
+        a, out = self.achieved, ""
+        if a.get("embedding_params"):
+            out += f" (embeddings {a['embedding_params'] / a['model_params_before']:.1%} of them, not pruned)"
+        if a.get("gqa_effective", self.options.get("gqa")) != self.options.get("gqa"):
+            out += f"; gqa={self.options.get('gqa')} acted as {a['gqa_effective']} (one KV head per layer)"
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

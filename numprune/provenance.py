@@ -25,6 +25,12 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in unique_parameters(model))
 
 
+def embedding_params(model: nn.Module) -> int:
+    """Parameters of the token embedding and the output head, counted once when tied (0 without them)."""
+    mods = [getattr(model, f, lambda: None)() for f in ("get_input_embeddings", "get_output_embeddings")]
+    return sum(p.numel() for p in {id(p): p for m in mods if m is not None for p in m.parameters()}.values())
+
+
 def config_of(plan: PruningPlan) -> PruneConfig:
     """The ``PruneConfig`` a plan was made with."""
     known = {f.name for f in dataclasses.fields(PruneConfig)}

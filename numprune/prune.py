@@ -7,6 +7,7 @@ repair (compensation from the dense statistics, or re-propagated sequentially) -
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import replace
 
 import torch
@@ -25,11 +26,12 @@ from numprune.provenance import (
     compute_device,
     config_of,
     count_params,
+    embedding_params,
     library_versions,
     model_fingerprint,
     peak_memory,
 )
-from numprune.select import LayerUnits, Selection, attention_units, gqa_mode, kept_heads, select_units
+from numprune.select import LayerUnits, Selection, attention_units, effective_gqa, gqa_mode, kept_heads, select_units
 
 __all__ = ["PruneConfig", "Reduce", "apply_plan_", "count_params", "dense_statistics", "plan_pruning", "prune_"]
 
@@ -93,6 +95,7 @@ def plan_pruning(
     adapter = get_adapter(model)
     meth = get_method(cfg.method)
     _refuse_transform(meth)
+    cfg = meth.resolve(cfg)
     meth.check(cfg)
     calibration = check_calibration(calibration)
     device = compute_device(model, cfg, reset_peak=True)
@@ -136,6 +139,10 @@ def plan_pruning(
     params_before = count_params(model)
     kept = [replace(g, num_heads=len(p.heads), num_kv_heads=len(p.kv_heads), intermediate=len(p.channels))
             for g, p in zip(geos, plans)]  # fmt: skip
+    gqa = effective_gqa(cfg.gqa, geos)
+    if gqa != cfg.gqa:
+        warnings.warn(f"gqa='{cfg.gqa}' prunes no attention in layers with one KV head: they prune query heads "
+                      f"within the group (gqa_effective='{gqa}' in the plan)", stacklevel=2)  # fmt: skip
     achieved = {
         "params_ratio": sel.params_ratio,
         "units_ratio": sel.units_ratio,
@@ -152,6 +159,8 @@ def plan_pruning(
         "model_params_after": params_before - sel.params_removed,  # apply_plan_ records the exact count
         # what the heads bought: KV-cache bytes and attention FLOPs per token, pruned and dense
         **per_token_record(geos, kept, next(model.parameters()).element_size()),
+        "embedding_params": embedding_params(model),
+        "gqa_effective": gqa,
     }
     plan = PruningPlan(
         layers=plans,
@@ -195,6 +204,7 @@ def apply_plan_(
     adapter = get_adapter(model)
     meth = get_method(cfg.method)
     _refuse_transform(meth)
+    cfg = meth.resolve(cfg)
     device = compute_device(model, cfg)
     start = time.perf_counter()
     was_training = model.training
@@ -272,6 +282,7 @@ def _select(
             min_mlp=cfg.min_channels,
             round_to=cfg.round_to,
             layer_ratios=None if layer_ratios is None else layer_ratios[: len(scores)],
+            rounding=cfg.rounding or get_method(cfg.method).default_rounding,
         )
     except ValueError as err:
         raise NumpruneError(str(err)) from None

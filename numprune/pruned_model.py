@@ -1,4 +1,4 @@
-"""Hugging Face classes for LLaMA-family models with per-layer head counts and MLP widths.
+"""Hugging Face classes for the decoder families numprune prunes, with per-layer head counts and MLP widths.
 
 This file is self-contained (torch + transformers only) on purpose: ``save_pruned`` copies it verbatim into
 every saved model folder as ``modeling_numprune.py``, so ``AutoModelForCausalLM.from_pretrained(dir,
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub.dataclasses import strict
@@ -20,12 +21,16 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 
@@ -48,11 +53,11 @@ def _linear(n_in: int, n_out: int, bias: bool, like: torch.Tensor) -> nn.Linear:
     return nn.Linear(n_in, n_out, bias=bias, device=like.device, dtype=like.dtype)
 
 
-def _hidden_size(layer: nn.Module) -> int:
+def _hidden_size(layer: Any) -> int:
     return layer.input_layernorm.weight.numel()
 
 
-def resize_attention(layer: nn.Module, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
+def resize_attention(layer: Any, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
     """Swap q/k/v/o of one LLaMA-style layer for new (uninitialised) ones with ``heads`` / ``kv_heads`` heads.
     Returns the module that now holds the block's output bias (``o_proj``, or the empty block)."""
     attn, hidden = layer.self_attn, _hidden_size(layer)
@@ -73,7 +78,7 @@ def resize_attention(layer: nn.Module, heads: int, kv_heads: int, output_bias: b
     return attn.o_proj
 
 
-def resize_mlp(layer: nn.Module, intermediate: int, output_bias: bool) -> nn.Module:
+def resize_mlp(layer: Any, intermediate: int, output_bias: bool) -> nn.Module:
     """Swap gate/up/down of one LLaMA-style layer for new (uninitialised) ones with ``intermediate`` channels.
     Returns the module that now holds the block's output bias (``down_proj``, or the empty block)."""
     mlp, hidden = layer.mlp, _hidden_size(layer)
@@ -95,6 +100,9 @@ def resize_mlp(layer: nn.Module, intermediate: int, output_bias: bool) -> nn.Mod
 class _PerLayerShapes:
     """Mixin: after the base model builds uniform layers, resize each one to the config's per-layer counts."""
 
+    config: Any
+    model: Any
+
     def _apply_layer_shapes(self) -> None:
         cfg = self.config
         for i, layer in enumerate(self.model.layers):
@@ -102,62 +110,49 @@ class _PerLayerShapes:
             resize_mlp(layer, cfg.layer_intermediate_sizes[i], cfg.output_bias)
 
 
-@strict
-class NumprunedLlamaConfig(LlamaConfig):
-    model_type = "numpruned_llama"
-    layer_num_heads: list[int] | None = None
-    layer_num_kv_heads: list[int] | None = None
-    layer_intermediate_sizes: list[int] | None = None
-    output_bias: bool = False
+def pruned_classes(base_type: str, stock_config: Any, stock_model: Any) -> tuple[Any, Any]:
+    """The per-layer config and model classes of one stock family: ``numpruned_<base_type>`` configs with
+    ``layer_num_heads`` / ``layer_num_kv_heads`` / ``layer_intermediate_sizes`` / ``output_bias``, and a model
+    that builds the stock layers, then resizes each to its counts."""
+
+    @strict
+    class Config(stock_config):
+        model_type = f"numpruned_{base_type}"
+        layer_num_heads: list[int] | None = None
+        layer_num_kv_heads: list[int] | None = None
+        layer_intermediate_sizes: list[int] | None = None
+        output_bias: bool = False
+
+    class Model(_PerLayerShapes, stock_model):
+        config_class = Config
+
+        def __init__(self, config: Any) -> None:
+            super().__init__(config)
+            self._apply_layer_shapes()
+
+    # the names a saved config's auto_map and architectures refer to (modeling_numprune.<name>)
+    for cls, stock in ((Config, stock_config), (Model, stock_model)):
+        cls.__name__ = cls.__qualname__ = f"Numpruned{stock.__name__}"
+        cls.__module__ = __name__
+    return Config, Model
 
 
-@strict
-class NumprunedMistralConfig(MistralConfig):
-    model_type = "numpruned_mistral"
-    layer_num_heads: list[int] | None = None
-    layer_num_kv_heads: list[int] | None = None
-    layer_intermediate_sizes: list[int] | None = None
-    output_bias: bool = False
-
-
-@strict
-class NumprunedQwen2Config(Qwen2Config):
-    model_type = "numpruned_qwen2"
-    layer_num_heads: list[int] | None = None
-    layer_num_kv_heads: list[int] | None = None
-    layer_intermediate_sizes: list[int] | None = None
-    output_bias: bool = False
-
-
-class NumprunedLlamaForCausalLM(_PerLayerShapes, LlamaForCausalLM):
-    config_class = NumprunedLlamaConfig
-
-    def __init__(self, config: NumprunedLlamaConfig) -> None:
-        super().__init__(config)
-        self._apply_layer_shapes()
-
-
-class NumprunedMistralForCausalLM(_PerLayerShapes, MistralForCausalLM):
-    config_class = NumprunedMistralConfig
-
-    def __init__(self, config: NumprunedMistralConfig) -> None:
-        super().__init__(config)
-        self._apply_layer_shapes()
-
-
-class NumprunedQwen2ForCausalLM(_PerLayerShapes, Qwen2ForCausalLM):
-    config_class = NumprunedQwen2Config
-
-    def __init__(self, config: NumprunedQwen2Config) -> None:
-        super().__init__(config)
-        self._apply_layer_shapes()
-
+# One line per family: the stock config's model_type and its classes.
+NumprunedLlamaConfig, NumprunedLlamaForCausalLM = pruned_classes("llama", LlamaConfig, LlamaForCausalLM)
+NumprunedMistralConfig, NumprunedMistralForCausalLM = pruned_classes("mistral", MistralConfig, MistralForCausalLM)
+NumprunedQwen2Config, NumprunedQwen2ForCausalLM = pruned_classes("qwen2", Qwen2Config, Qwen2ForCausalLM)
+NumprunedQwen3Config, NumprunedQwen3ForCausalLM = pruned_classes("qwen3", Qwen3Config, Qwen3ForCausalLM)
+NumprunedGemma3TextConfig, NumprunedGemma3ForCausalLM = pruned_classes(
+    "gemma3_text", Gemma3TextConfig, Gemma3ForCausalLM
+)
 
 # base model_type -> (pruned config class, pruned model class)
-PRUNED_CLASSES = {
+PRUNED_CLASSES: dict[str, tuple[Any, Any]] = {
     "llama": (NumprunedLlamaConfig, NumprunedLlamaForCausalLM),
     "mistral": (NumprunedMistralConfig, NumprunedMistralForCausalLM),
     "qwen2": (NumprunedQwen2Config, NumprunedQwen2ForCausalLM),
+    "qwen3": (NumprunedQwen3Config, NumprunedQwen3ForCausalLM),
+    "gemma3_text": (NumprunedGemma3TextConfig, NumprunedGemma3ForCausalLM),
 }
 _BY_PRUNED_TYPE = {cfg.model_type: model for cfg, model in PRUNED_CLASSES.values()}
 

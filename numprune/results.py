@@ -36,6 +36,7 @@ COLUMNS = [
     "eval_source",
     "eval_seqlen",
     "eval_windows",
+    "bos",  # the windows start with the tokenizer's BOS token (numprune.data.bos_token: the model's policy)
     "metric",
     "value",
     "params_before",

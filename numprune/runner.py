@@ -97,6 +97,11 @@ class Runner:
     def output(self) -> Path | None:
         return Path(self.results).with_suffix("") if self.results else None
 
+    def model_dir(self, p: Point) -> Path | None:
+        """Where ``save_models`` saves the pruned model of ``p`` (None without a results file)."""
+        out = self.output()
+        return None if out is None else out / "models" / _stem(self.status(p)[1])
+
     def preflight(self, points: Sequence[Point]) -> list[str]:
         """Problems of every point (missing files, ...) before any model is loaded."""
         problems: list[str] = []

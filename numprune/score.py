@@ -81,7 +81,9 @@ def numerical_score(
         ratio: fraction of channels the constraint removes, in ``[0, 1)``; sets ``r = (1 - ratio) * in``.
         lam: penalty weight; ``None`` is the hard-constraint limit (scale-free, the default).
         iters: Newton iterations T. Unconstrained, T >= 1 all give the closed form (exact quadratic).
-        box: project onto ``[0, 1]`` after each step (projected Newton; the only case where T matters).
+        box: project onto ``[0, 1]`` after each step (projected Newton). The objective is quadratic, so every
+            step lands on the unconstrained minimiser and the result is its clamp, whatever T and ``z0``
+            (not the box-constrained minimiser; tests/test_score.py checks it).
         eps: ridge relative to ``mean(diag A)``, added before the Cholesky solve.
         z0: starting point (default ``(1 - ratio)`` everywhere, which is feasible).
 

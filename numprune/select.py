@@ -19,6 +19,17 @@ from numprune.adapters.base import LayerGeometry
 RatioOf = Literal["params", "units"]
 Allocation = Literal["global", "uniform"]
 HeadScaling = Literal["alpha", "none", "error"]
+Rounding = Literal["floor", "nearest"]
+
+
+def unit_count(x: float, rounding: Rounding) -> int:
+    """``int(x)`` (floor: the official FLAP / Wanda-sp / LLM-Pruner codes) or ``round(x)`` (nearest; SlimGPT), for
+    ``x >= 0``; floor forgives float noise below 1e-9 (``0.3 * 10`` is 3)."""
+    if rounding == "floor":
+        return math.floor(x + 1e-9)
+    if rounding == "nearest":
+        return round(x)
+    raise ValueError(f"rounding must be 'floor' or 'nearest', got {rounding!r}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ def select_units(
     min_mlp: int = 1,
     round_to: int = 1,
     layer_ratios: list[float] | None = None,
+    rounding: Rounding = "nearest",
 ) -> Selection:
     """Choose which units to prune so that ``ratio`` of the params (or units) goes.
 
@@ -85,9 +97,10 @@ def select_units(
     channel scores enter one ascending list; units are pruned in that order, skipping
     any that would leave a layer below ``min_attn`` / ``min_mlp``, until the target is reached (params: the
     removed count overshoots by less than one unit). Uniform: every layer prunes ``ratio`` (or its entry of
-    ``layer_ratios``) of its attention units; the MLP then prunes ``ratio`` of its channels (units) or as many
-    channels as bring the layer's removed parameters to ``ratio`` of its own (params: attention units are
-    coarse, e.g. 3 KV groups a layer, so the MLP absorbs the rounding and methods compare at equal params).
+    ``layer_ratios``) of its attention units, ``int(r * n)`` (``rounding="floor"``, the official per-layer codes)
+    or ``round(r * n)`` ("nearest"); the MLP then prunes ``ratio`` of its channels (units) or as many channels as
+    bring the layer's removed parameters to ``ratio`` of its own (params: attention units are coarse, e.g. 3 KV
+    groups a layer, so the MLP absorbs the rounding and methods compare at equal params), rounded the same way.
     ``round_to`` then rounds each layer's kept channel count to a multiple (by score within the layer).
     """
     _check(ratio, min_attn, min_mlp, round_to)
@@ -102,11 +115,11 @@ def select_units(
         for i, lu in enumerate(layers):
             r = ratio if layer_ratios is None else layer_ratios[i]
             n_a, n_m = lu.attn_scores.numel(), lu.mlp_scores.numel()
-            k_a = min(round(r * n_a), max(n_a - min_attn, 0))
+            k_a = min(unit_count(r * n_a, rounding), max(n_a - min_attn, 0))
             if ratio_of == "params":
-                k_m = round((r * lu.params - k_a * lu.attn_cost) / lu.mlp_cost)
+                k_m = unit_count(max(r * lu.params - k_a * lu.attn_cost, 0) / lu.mlp_cost, rounding)
             else:
-                k_m = round(r * n_m)
+                k_m = unit_count(r * n_m, rounding)
             k_m = max(0, min(k_m, n_m - min_mlp))
             pruned_attn[i][lu.attn_scores.argsort(stable=True)[:k_a]] = True
             pruned_mlp[i][lu.mlp_scores.argsort(stable=True)[:k_m]] = True
@@ -192,8 +205,17 @@ def _round_kept(scores: Tensor, pruned: Tensor, multiple: int) -> Tensor:
 
 def gqa_mode(gqa: str, geo: LayerGeometry) -> str:
     """``query`` applies to grouped-query layers; multi-head layers (one query head per KV head) prune whole
-    heads either way."""
-    return "groups" if geo.group_size <= 1 else gqa
+    heads either way. A layer with one KV head is one group: ``groups`` could only keep or drop its whole
+    attention, so such layers prune query heads within the group (``query``; ``prune_`` warns and records it)."""
+    if geo.group_size <= 1:
+        return "groups"
+    return "query" if geo.num_kv_heads == 1 else gqa
+
+
+def effective_gqa(gqa: str, geos: list[LayerGeometry]) -> str:
+    """The GQA mode the layers of a model get for the asked ``gqa`` (``mixed`` when they differ)."""
+    modes = {gqa_mode(gqa, g) for g in geos if g.group_size > 1} or {gqa}
+    return modes.pop() if len(modes) == 1 else "mixed"
 
 
 def attention_units(heads: Tensor, geo: LayerGeometry, gqa: str) -> tuple[Tensor, int, int]:

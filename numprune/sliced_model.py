@@ -1,4 +1,4 @@
-"""Hugging Face classes for LLaMA-family models sliced by SliceGPT (Ashkboos et al., ICLR 2024).
+"""Hugging Face classes for LLaMA, Mistral, Qwen2 and Qwen3 models sliced by SliceGPT (Ashkboos et al., ICLR 2024).
 
 This file is self-contained (torch + transformers only) on purpose: ``save_pruned`` copies it verbatim into a
 sliced model's folder as ``modeling_numprune_sliced.py``, so ``AutoModelForCausalLM.from_pretrained(dir,
@@ -29,6 +29,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -186,11 +188,27 @@ class NumprunedSlicedQwen2ForCausalLM(_Sliced, Qwen2ForCausalLM):
         self._apply_slicing()
 
 
-# base model_type -> (sliced config class, sliced model class)
+@strict
+class NumprunedSlicedQwen3Config(Qwen3Config):
+    model_type = "numpruned_sliced_qwen3"
+    residual_dims: list[int] | None = None
+
+
+class NumprunedSlicedQwen3ForCausalLM(_Sliced, Qwen3ForCausalLM):
+    config_class = NumprunedSlicedQwen3Config
+
+    def __init__(self, config: NumprunedSlicedQwen3Config) -> None:
+        super().__init__(config)
+        self._apply_slicing()
+
+
+# base model_type -> (sliced config class, sliced model class); Gemma 3 is not rotation invariant
+
 SLICED_CLASSES: dict[str, tuple[Any, Any]] = {
     "llama": (NumprunedSlicedLlamaConfig, NumprunedSlicedLlamaForCausalLM),
     "mistral": (NumprunedSlicedMistralConfig, NumprunedSlicedMistralForCausalLM),
     "qwen2": (NumprunedSlicedQwen2Config, NumprunedSlicedQwen2ForCausalLM),
+    "qwen3": (NumprunedSlicedQwen3Config, NumprunedSlicedQwen3ForCausalLM),
 }
 
 # Register the sliced types so that AutoConfig / AutoModelForCausalLM resolve them in-process without remote code

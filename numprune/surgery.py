@@ -6,6 +6,8 @@ it with the physically pruned model.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -55,6 +57,7 @@ def prune_attention_(
     kept ``o_proj`` columns (compensation); ``o_bias`` becomes its bias (FLAP)."""
     cols = head_columns(geo, heads)
     o_proj = adapter.out_projections(layer)[0]
+    assert o_proj is not None, "the attention of this layer was already cut"
     if o_weight is None:
         o_weight = o_proj.weight[:, cols.to(o_proj.weight.device)]
     ins = [(lin, rows_for_heads(part, geo, heads, kv_heads)) for lin, part in adapter.attn_in(layer)]
@@ -65,9 +68,11 @@ def prune_attention_(
         if o_bias is not None or output_bias:
             _set_bias(o_proj, o_bias)
         return
-    new_in = [(lin.weight[rows], None if lin.bias is None else lin.bias[rows]) for lin, rows in ins]
+    new_in: list[tuple[Tensor, Tensor | None]] = [
+        (lin.weight[rows], None if lin.bias is None else lin.bias[rows]) for lin, rows in ins
+    ]
     bias = o_bias if o_bias is not None else o_proj.bias
-    holder = adapter.resize_attention(layer, len(heads), len(kv_heads), output_bias)
+    holder: Any = adapter.resize_attention(layer, len(heads), len(kv_heads), output_bias)
     _copy_into(adapter.attn_in(layer), new_in)
     if len(heads):
         holder.weight.data.copy_(o_weight)
@@ -88,6 +93,7 @@ def prune_mlp_(
     """Keep MLP ``channels`` of one layer; ``down_weight`` (``[hidden, len(channels)]``) replaces the kept
     ``down_proj`` columns, ``down_bias`` becomes its bias."""
     down = adapter.out_projections(layer)[1]
+    assert down is not None, "the MLP of this layer was already cut"
     if down_weight is None:
         down_weight = down.weight[:, channels.to(down.weight.device)]
     ins = adapter.mlp_in(layer)
@@ -99,9 +105,11 @@ def prune_mlp_(
             _set_bias(down, down_bias)
         return
     idx = channels.to(down.weight.device)
-    new_in = [(lin.weight[idx], None if lin.bias is None else lin.bias[idx]) for lin in ins]
+    new_in: list[tuple[Tensor, Tensor | None]] = [
+        (lin.weight[idx], None if lin.bias is None else lin.bias[idx]) for lin in ins
+    ]
     bias = down_bias if down_bias is not None else down.bias
-    holder = adapter.resize_mlp(layer, len(channels), output_bias)
+    holder: Any = adapter.resize_mlp(layer, len(channels), output_bias)
     _copy_into(adapter.mlp_in(layer), new_in)
     if len(channels):
         holder.weight.data.copy_(down_weight)

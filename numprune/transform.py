@@ -29,6 +29,7 @@ def transform_model_(
 ) -> PruningPlan:
     """Run ``meth.transform_`` on ``model`` (in place) and return its plan."""
     adapter = get_adapter(model)
+    cfg = meth.resolve(cfg)
     meth.check(cfg)
     calibration = check_calibration(calibration)
     device = compute_device(model, cfg, reset_peak=True)

@@ -6,13 +6,31 @@ import os
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 VOCAB = 128
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM),
+}
 
 
 def tiny_config(kind: str = "llama", kv_heads: int = 4, layers: int = 3, **kw):
@@ -26,13 +44,12 @@ def tiny_config(kind: str = "llama", kv_heads: int = 4, layers: int = 3, **kw):
         max_position_embeddings=128,
         **kw,
     )
-    return {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[kind](**common)
+    return FAMILIES[kind][0](**common)
 
 
 def tiny_model(kind: str = "llama", kv_heads: int = 4, seed: int = 0, **kw):
     torch.manual_seed(seed)
-    cls = {"llama": LlamaForCausalLM, "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM}[kind]
-    model = cls(tiny_config(kind, kv_heads, **kw)).eval()
+    model = FAMILIES[kind][1](tiny_config(kind, kv_heads, **kw)).eval()
     # Random init gives near-identical channels; spread the scales so that scores are well separated.
     with torch.no_grad():
         for p in model.parameters():

@@ -172,3 +172,16 @@ def test_interrupted_grid_resumes_without_duplicates(tiny, tmp_path, monkeypatch
     assert ppl == [0.0, 0.2, 0.4]
     calls.clear()
     assert main(args) == 0 and calls == [] and len(read_rows(results)) == len(rows)
+
+
+@pytest.mark.parametrize("name", PPL + OTHER)
+def test_llama_paper_configs_set_the_paper_reading_explicitly(name):
+    """Every LLaMA paper-table config prunes with numprune.methods.numerical.PAPER_READING, written out (so
+    that no table depends on numprune's defaults of the day), and every point records it."""
+    from numprune.methods import effective_options
+    from numprune.methods.numerical import PAPER_READING
+
+    cfg = parse([f"--config={CONFIGS / f'{name}.yaml'}"])
+    assert dict(cfg.prune) == PAPER_READING
+    opts = effective_options(0.2, "numerical", **dict(cfg.prune))
+    assert {k: opts[k] for k in PAPER_READING} == PAPER_READING

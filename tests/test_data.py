@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from numprune.data import calibration_windows, eval_windows, load_corpus, parse_name
+from numprune.data import bos_token, calibration_windows, eval_windows, load_corpus, parse_name
 from numprune.errors import NumpruneError
 
 
@@ -14,6 +14,32 @@ class CharTokenizer:
 
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": list(text.encode())}
+
+
+class BosCharTokenizer(CharTokenizer):
+    """Prepends BOS (id 1) when asked for special tokens, as Gemma's tokenizer does."""
+
+    bos_token_id = 1
+
+    def __call__(self, text, add_special_tokens=False):
+        ids = super().__call__(text)["input_ids"]
+        return {"input_ids": [1, *ids] if add_special_tokens else ids}
+
+
+def test_windows_follow_the_tokenizers_bos_policy(tmp_path):
+    f = tmp_path / "t.txt"
+    text = "abcdefghij" * 10
+    f.write_text(text)
+    corpus = load_corpus(str(f))
+    assert bos_token(CharTokenizer()) is None and bos_token(BosCharTokenizer()) == 1
+    windows = eval_windows(corpus, BosCharTokenizer(), seqlen=30)
+    assert windows.shape == (3, 30) and windows[:, 0].tolist() == [1, 1, 1]  # 100 tokens -> 3 windows of 29
+    assert bytes(windows[:, 1:].reshape(-1).tolist()).decode() == text[:87]  # consecutive, each token once
+    assert eval_windows(corpus, BosCharTokenizer(), seqlen=30, max_windows=2).shape == (2, 30)
+    calib = calibration_windows(corpus, BosCharTokenizer(), nsamples=4, seqlen=20, seed=3)
+    assert calib.shape == (4, 20) and calib[:, 0].tolist() == [1] * 4
+    for row in calib[:, 1:]:
+        assert bytes(row.tolist()).decode() in text
 
 
 def test_parse_names():

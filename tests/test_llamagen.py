@@ -259,6 +259,7 @@ class _BiasMethod(Method):
 
     name = "test-bias"
     default_allocation = "uniform"
+    default_compensation = "dense"  # as FLAP: the bias from the dense pass
     repair_kind = "bias"
 
     def score(self, stats, o_weight, down_weight, geo, cfg):

@@ -111,7 +111,7 @@ def test_random_is_seeded(calib):
 def test_llm_pruner_taylor_matches_finite_differences(calib, mode):
     model = tiny_model("llama", 2, layers=1).double()
     adapter, layer = get_adapter(model), model.model.layers[0]
-    samples = calib[:3]
+    samples = calib[:1] if mode == "e1" else calib[:3]  # e1: one finite difference per weight of the channel
     for p in model.parameters():
         p.grad = None
     loss_gradients(model, adapter, samples)
@@ -140,21 +140,11 @@ def test_llm_pruner_taylor_matches_finite_differences(calib, mode):
             abs(directional(w, idx))
             for w, idx in ((m.gate_proj.weight, (j,)), (m.up_proj.weight, (j,)), (m.down_proj.weight, (slice(None), j)))
         )
-    else:  # element-wise: sum over single weights |g_k w_k|; checked on the gradient the oracle trusts: autograd
-        w = m.down_proj.weight
-        expect_dn = (w.detach() * w.grad)[:, j].abs().sum()
-        expect = float(expect_dn + (m.gate_proj.weight.detach() * m.gate_proj.weight.grad)[j].abs().sum())
-        expect += float((m.up_proj.weight.detach() * m.up_proj.weight.grad)[j].abs().sum())
-        # and the gradient itself against a finite difference along one single weight
-        e = torch.zeros_like(w)
-        e[0, j] = 1.0
-        base = w.data.clone()
-        w.data += 1e-3 * e  # RMSNorm computes in float32, so the step must be large enough to beat its rounding
-        up = loss()
-        w.data -= 2e-3 * e
-        down = loss()
-        w.data.copy_(base)
-        assert abs((up - down) / 2e-3 - float(w.grad[0, j])) < 1e-2 * abs(float(w.grad[0, j]))
+    else:  # element-wise: the sum over the channel's single weights of |g_k w_k|, each by its own difference
+        elements = [(m.gate_proj.weight, (j, k)) for k in range(m.gate_proj.weight.shape[1])]
+        elements += [(m.up_proj.weight, (j, k)) for k in range(m.up_proj.weight.shape[1])]
+        elements += [(m.down_proj.weight, (k, j)) for k in range(m.down_proj.weight.shape[0])]
+        expect = sum(abs(directional(w, idx, eps=0.5)) for w, idx in elements)
     assert abs(float(scores.channels[j]) - expect) < 2e-2 * abs(expect)  # float32 RMSNorm: FD to ~1e-3
 
 
@@ -176,14 +166,14 @@ def test_slimgpt_greedy_updates_equal_closed_form():
 
 def test_slimgpt_log_increasing_ratios():
     r = log_increasing_ratios(0.5, 30)
-    assert r[0] == 0 and all(a <= b for a, b in itertools.pairwise(r)) and max(r) <= 0.95
+    assert all(a < b for a, b in itertools.pairwise(r)) and max(r) <= 0.95 and r[0] == pytest.approx(max(r) / 4)
     assert abs(sum(r) / 30 - 0.5) < 1e-9
 
 
 def test_method_defaults():
     assert get_method("flap").default_head_scaling == "none" and get_method("flap").adds_bias
     assert get_method("llm-pruner-v").mode == "v" and get_method("llm-pruner-v").name == "llm-pruner-v"
-    ratios = get_method("llm-pruner-range").layer_ratios(0.2, 32)
+    ratios = get_method("llm-pruner").layer_ratios(0.2, 32)
     assert ratios[:4] == [0.0] * 4 and ratios[30:] == [0.0, 0.0] and abs(sum(ratios) / 32 - 0.2) < 1e-12
     geo = LayerGeometry(hidden=8, num_heads=2, num_kv_heads=1, head_dim=4, intermediate=6)
     assert geo.group_size == 2

@@ -201,10 +201,17 @@ def test_query_mode_prunes_whole_heads_of_multi_head_layers(calib):
 
 
 class _SequentialWanda(numprune.methods.simple.WandaSP):
-    """Wanda-sp scored through the already pruned layers (the pipeline's sequential scoring path)."""
+    """Wanda-sp scored through the already pruned layers (the pipeline's sequential scoring path, as registered)."""
 
     name = "test-sequential"
     scoring = "sequential"
+
+
+class _DenseWanda(numprune.methods.simple.WandaSP):
+    """Wanda-sp's score from the dense pass (not the official order): what sequential scoring must differ from."""
+
+    name = "test-dense"
+    scoring = "dense"
 
 
 def test_sequential_scoring_sees_the_pruned_earlier_layers(calib, monkeypatch):
@@ -215,10 +222,13 @@ def test_sequential_scoring_sees_the_pruned_earlier_layers(calib, monkeypatch):
     from numprune.methods import METHODS
 
     monkeypatch.setitem(METHODS, "test-sequential", _SequentialWanda)
+    monkeypatch.setitem(METHODS, "test-dense", _DenseWanda)
     dense = tiny_model("llama", 2, layers=3)
     model = copy.deepcopy(dense)
     plan = prune_(model, calibration=calib, ratio=0.4, method="test-sequential", progress=False)
-    plan_dense = prune_(copy.deepcopy(dense), calibration=calib, ratio=0.4, method="wanda-sp", progress=False)
+    plan_dense = prune_(copy.deepcopy(dense), calibration=calib, ratio=0.4, method="test-dense", progress=False)
+    registered = prune_(copy.deepcopy(dense), calibration=calib, ratio=0.4, method="wanda-sp", progress=False)
+    assert plan.layers == registered.layers  # the registered Wanda-sp is the sequential one
     assert plan.layers[0] == plan_dense.layers[0]  # layer 0 sees the embeddings either way
     assert [lp.channels for lp in plan.layers[1:]] != [lp.channels for lp in plan_dense.layers[1:]]
 

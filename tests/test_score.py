@@ -77,12 +77,16 @@ def test_ranking_stable_when_ridge_changes_tenfold():
     assert 0 in pruned[1]  # the nearly dead channel goes
 
 
-def test_box_variant_stays_in_unit_box_and_keeps_the_best_channels():
+@pytest.mark.parametrize("lam", [None, 0.5, 10.0])
+def test_box_variant_is_the_clamped_closed_form_for_every_T_and_start(lam):
+    # Projected Newton on a quadratic: each step lands on the unconstrained minimiser, then the box clamps it.
     gram, w = problem()
-    z = numerical_score(gram, w, 0.5, box=True, iters=50)
-    assert (z >= 0).all() and (z <= 1).all()
-    free = numerical_score(gram, w, 0.5)
-    assert free.argmax() == z.argmax() or z[free.argmax()] == 1.0
+    closed = numerical_score(gram, w, 0.5, lam=lam)
+    assert closed.min() < 0  # the clamp is active on this problem, so the property is not vacuous
+    for t in (1, 5, 50):
+        for z0 in (None, torch.rand(12, generator=torch.Generator().manual_seed(t), dtype=torch.float64)):
+            z = numerical_score(gram, w, 0.5, lam=lam, box=True, iters=t, z0=z0)
+            assert torch.allclose(z, closed.clamp(0.0, 1.0), atol=1e-12)
 
 
 def test_dead_channel_scores_lowest():

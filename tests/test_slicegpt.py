@@ -124,7 +124,8 @@ def test_slicing_dim_is_the_closest_multiple_of_the_step():
 
 
 @pytest.mark.parametrize(
-    "kind,kv,tied", [("llama", 4, True), ("llama", 2, False), ("mistral", 2, False), ("qwen2", 2, True)]
+    "kind,kv,tied",
+    [("llama", 4, True), ("llama", 2, False), ("mistral", 2, False), ("qwen2", 2, True), ("qwen3", 2, False)],
 )
 def test_save_reload_identical_logits(kind, kv, tied, calib, inputs, tmp_path):
     model = tiny_model(kind, kv, tie_word_embeddings=tied)

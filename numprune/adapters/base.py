@@ -152,6 +152,8 @@ class ResidualAdapter(Adapter, Protocol):
     SliceGPT's rotations, depth pruning). Pre-norm layout assumed: an RMSNorm (no mean subtraction, so it is
     invariant under rotations of the residual stream) before the attention, before the MLP and before the head."""
 
+    rotation_invariant: bool  # that layout holds (SliceGPT may rotate the residual stream); depth needs no more
+
     def embedding(self, model: nn.Module) -> nn.Embedding:
         """The token embedding (writes the residual stream)."""
 
@@ -175,21 +177,45 @@ class ResidualAdapter(Adapter, Protocol):
         per-layer config lists (layer types, per-layer shapes) so that the model saves and reloads."""
 
 
+def part_rows(part: str, geo: LayerGeometry) -> dict[str, slice]:
+    """Where the q / k / v rows lie in an attention input projection: the one statement of the fused-qkv row
+    layout ``[q | k | v]`` (``part`` "q", "k", "v" or "qkv", as ``Adapter.attn_in`` names it)."""
+    q, kv = geo.num_heads * geo.head_dim, geo.num_kv_heads * geo.head_dim
+    if part == "q":
+        return {"q": slice(0, q)}
+    if part in ("k", "v"):
+        return {part: slice(0, kv)}
+    if part == "qkv":
+        return {"q": slice(0, q), "k": slice(q, q + kv), "v": slice(q + kv, q + 2 * kv)}
+    raise ValueError(f"unknown attention part {part!r}")
+
+
 def rows_for_heads(part: str, geo: LayerGeometry, heads: Tensor, kv_heads: Tensor) -> Tensor:
     """Row indices of a q/k/v (or fused qkv) projection that belong to the kept heads."""
+    rows = []
+    for kind, where in part_rows(part, geo).items():
+        idx = heads if kind == "q" else kv_heads
+        assert where.start is not None
+        rows.append((idx[:, None] * geo.head_dim + torch.arange(geo.head_dim) + where.start).reshape(-1))
+    return torch.cat(rows)
 
-    def expand(idx: Tensor, offset: int) -> Tensor:
-        return (idx[:, None] * geo.head_dim + torch.arange(geo.head_dim) + offset).reshape(-1)
 
-    if part == "q":
-        return expand(heads, 0)
-    if part in ("k", "v"):
-        return expand(kv_heads, 0)
-    if part == "qkv":
-        q = geo.num_heads * geo.head_dim
-        kv = geo.num_kv_heads * geo.head_dim
-        return torch.cat([expand(heads, 0), expand(kv_heads, q), expand(kv_heads, q + kv)])
-    raise ValueError(f"unknown attention part {part!r}")
+def per_query_head(per_row: Tensor, part: str, geo: LayerGeometry) -> Tensor:
+    """A per-row quantity of a q/k/v (or fused qkv) projection summed over each query head's rows (``[H]``); the
+    rows of a KV head count ``1/G`` to each of the ``G`` query heads that share it."""
+    out = torch.zeros(geo.num_heads, dtype=per_row.dtype, device=per_row.device)
+    for kind, where in part_rows(part, geo).items():
+        per_head = per_row[where].reshape(-1, geo.head_dim).sum(1)  # [H] for q, [KV] for k / v
+        out += per_head if kind == "q" else per_head.repeat_interleave(geo.group_size) / geo.group_size
+    return out
+
+
+def projections(adapter: Adapter, layer: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """``(o_proj, down_proj)`` of a layer that still has both (a layer emptied by pruning has neither)."""
+    o_proj, down_proj = adapter.out_projections(layer)
+    if o_proj is None or down_proj is None:
+        raise ValueError("this layer has no attention or no MLP left to score or repair")
+    return o_proj, down_proj
 
 
 def head_columns(geo: LayerGeometry, heads: Tensor) -> Tensor:
@@ -197,11 +223,17 @@ def head_columns(geo: LayerGeometry, heads: Tensor) -> Tensor:
     return (heads[:, None] * geo.head_dim + torch.arange(geo.head_dim)).reshape(-1)
 
 
-def residual_adapter(adapter: Adapter, method: str) -> ResidualAdapter:
-    """``adapter`` as a ``ResidualAdapter``, or a clear error naming the method that needs one."""
+def residual_adapter(adapter: Adapter, method: str, rotates: bool = False) -> ResidualAdapter:
+    """``adapter`` as a ``ResidualAdapter``, or a clear error naming the method that needs one. ``rotates``: the
+    method rotates the residual stream (SliceGPT), which needs ``adapter.rotation_invariant``."""
     from numprune.errors import NumpruneError
 
     missing = [m for m in ("embedding", "lm_head", "to_sliced_", "remove_layers_") if not hasattr(adapter, m)]
     if missing:
         raise NumpruneError(f"{method} rewrites the residual stream; the {adapter.name} adapter does not support it")
+    if rotates and not getattr(adapter, "rotation_invariant", False):
+        raise NumpruneError(
+            f"{method} rotates the residual stream, which the {adapter.name} layout does not allow (norms on the "
+            f"blocks' outputs, or not RMSNorm)"
+        )
     return adapter  # type: ignore[return-value]

@@ -62,7 +62,10 @@ def rss_peak_reset() -> bool:
 
 def rss_peak_gib() -> float:
     status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 2**20  # kB -> GiB
+    found = re.search(r"VmHWM:\s+(\d+)", status)
+    if found is None:
+        raise RuntimeError("/proc/self/status has no VmHWM line")
+    return int(found.group(1)) / 2**20  # kB -> GiB
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -79,7 +82,7 @@ def attn_mlp_params(model: nn.Module) -> int:
     return sum(g.attention_params + g.mlp_params for g in map(adapter.geometry, adapter.layers(model)))
 
 
-def decode_bytes_per_step(model: nn.Module, batch: int, context: int) -> float:
+def decode_bytes_per_step(model: Any, batch: int, context: int) -> float:
     """Bytes one decode step must read: every weight once (the input embedding only one row per sequence; a
     tied lm_head still reads the whole matrix) plus each sequence's KV cache of ``context`` positions."""
     emb = model.get_input_embeddings().weight
@@ -127,7 +130,7 @@ def time_generation(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> 
 
 
 def measure(
-    model: nn.Module,
+    model: Any,
     batch: int,
     *,
     prompt_len: int = 64,

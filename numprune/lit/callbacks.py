@@ -106,8 +106,9 @@ class ScoringCallback(L.Callback):
 
     def __init__(self, ratio: float, method: str = "numerical", **options) -> None:
         options.setdefault("progress", False)
-        self.cfg = make_config(ratio, method, **options)
-        get_method(method).check(self.cfg)  # unknown method or impossible options: fail now, not after loading
+        meth = get_method(method)
+        self.cfg = meth.resolve(make_config(ratio, method, **options))
+        meth.check(self.cfg)  # unknown method or impossible options: fail now, not after loading
         # The dense statistics of this model and calibration, when a grid computed them once for all points.
         self.dense_stats: list | None = None
 
@@ -220,7 +221,7 @@ def summary_line(plan: PruningPlan, seconds: float | None = None) -> str:
         f"{plan.method} {plan.ratio:.0%}: params {a['model_params_before']:,} -> {a['model_params_after']:,} "
         f"({a['params_ratio']:.3f} of attention+MLP removed), heads kept {a['heads_total'] - a['heads_pruned']}"
         f"/{a['heads_total']}, channels kept {a['channels_total'] - a['channels_pruned']}/{a['channels_total']}, "
-        f"score {t.get('score_seconds', 0):.1f} s + apply {t.get('apply_seconds', seconds or 0):.1f} s"
+        f"score {t.get('score_seconds', 0):.1f} s + apply {t.get('apply_seconds', seconds or 0):.1f} s{plan.notes()}"
     )
 
 

@@ -16,7 +16,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from numprune.data import calibration_windows, eval_windows, load_corpus
+from numprune.data import bos_token, calibration_windows, eval_windows, load_corpus
 from numprune.errors import NumpruneError
 
 DEFAULT_EVALS = ("wikitext2", "ptb", "c4")  # the paper's perplexity sets
@@ -82,6 +82,11 @@ class TextDataModule(L.LightningDataModule):
         return self._tokenizer
 
     @property
+    def bos(self) -> bool:
+        """Whether every calibration and evaluation window starts with the tokenizer's BOS token."""
+        return bos_token(self.tokenizer) is not None
+
+    @property
     def _h(self) -> Any:
         return self.hparams  # an AttributeDict of the init arguments
 
@@ -95,7 +100,8 @@ class TextDataModule(L.LightningDataModule):
             h: Any = self.hparams
             corpus = load_corpus(h.calib, h.data_dir, default_split="train")
             windows = calibration_windows(corpus, self.tokenizer, h.nsamples, h.seqlen, seed=h.seed)
-            info = {"dataset": f"{corpus.name}:{corpus.split}", "source": corpus.source, "seed": h.seed}
+            info = {"dataset": f"{corpus.name}:{corpus.split}", "source": corpus.source, "seed": h.seed,
+                    "bos": self.bos}  # fmt: skip
             self._calib = windows, info
         return self._calib
 

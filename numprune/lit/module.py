@@ -184,7 +184,7 @@ class CausalLMModule(PrunableModule):
         rows = []
         for name, row in zip(datamodule.evals, self.planned_rows(datamodule)):
             r = self.results[name]
-            rows.append({**row, "value": r["ppl"], "eval_windows": int(r["windows"]),
+            rows.append({**row, "value": r["ppl"], "eval_windows": int(r["windows"]), "bos": datamodule.bos,
                          "eval_source": datamodule.eval_set(name)[1]})  # fmt: skip
         return rows
 

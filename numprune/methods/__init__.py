@@ -14,7 +14,7 @@ from numprune.methods.depth import Depth
 from numprune.methods.flap import Flap
 from numprune.methods.llm_pruner import LLMPruner
 from numprune.methods.numerical import Numerical
-from numprune.methods.simple import Magnitude, Random, WandaSP
+from numprune.methods.simple import Magnitude, MagSP, Random, WandaSP
 from numprune.methods.slicegpt import SliceGPT
 from numprune.methods.slimgpt import SlimGPT
 
@@ -24,9 +24,10 @@ METHODS: dict[str, Callable[[], Method]] = {
     "wanda-sp": WandaSP,
     "magnitude": Magnitude,
     "random": Random,
-    "llm-pruner": LLMPruner,  # element-wise first-order Taylor (e1), every layer
-    "llm-pruner-v": partial(LLMPruner, mode="v"),  # vector-wise Taylor
-    "llm-pruner-range": partial(LLMPruner, layer_range=True),  # e1, LLM-Pruner's layer range
+    "mag-sp": MagSP,  # FLAP's mag-sp: o_proj / down_proj column norms (not "magnitude": every owned weight)
+    "llm-pruner": LLMPruner,  # the official command: element-wise Taylor (e1), layers [4, 30) of 32 scaled
+    "llm-pruner-all": partial(LLMPruner, layer_range=False),  # e1, every layer
+    "llm-pruner-v": partial(LLMPruner, mode="v"),  # vector-wise Taylor, the official layer range
     "slimgpt": SlimGPT,
     "slicegpt": SliceGPT,  # rotates and slices the residual stream (scoring="transform")
     "depth": Depth,  # removes whole decoder blocks by Block Influence (ShortGPT; scoring="transform")
@@ -51,11 +52,12 @@ NOT_RECORDED = ("ratio", "method", "progress")
 def effective_options(ratio: float, method: str = "numerical", **options: Any) -> dict[str, Any]:
     """Every ``PruneConfig`` field of a run after the method's defaults are filled in: what a result row
     records, so that no row depends on the defaults of the day it was written."""
-    cfg = make_config(ratio, method, **options)
     meth = get_method(method)
+    cfg = meth.resolve(make_config(ratio, method, **options))
     out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RECORDED}
-    out["allocation"] = cfg.allocation or meth.default_allocation
-    out["head_scaling"] = cfg.head_scaling or meth.default_head_scaling
+    settings = meth.settings()
+    if settings:
+        out["method_settings"] = settings
     if out["head_scaling"] != "error":  # the error rule's own options change nothing else
         for name in ("error_order", "error_step", "error_norm"):
             out.pop(name)

@@ -7,6 +7,7 @@ right for most methods, so a new method overrides only what differs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats
-from numprune.config import Allocation, HeadScaling, PruneConfig
+from numprune.config import Allocation, Compensation, HeadScaling, PruneConfig, Rounding
 from numprune.plan import LayerPlan
 
 if TYPE_CHECKING:
@@ -60,9 +61,31 @@ class Method:
     name: str = ""  # the registry name (an instance of a registered variant carries the variant's name)
     default_allocation: ClassVar[Allocation] = "global"  # when PruneConfig.allocation is None
     default_head_scaling: ClassVar[HeadScaling] = "alpha"  # when PruneConfig.head_scaling is None
+    default_compensation: ClassVar[Compensation] = "none"  # when PruneConfig.compensation is None
+    default_damp: ClassVar[float | None] = None  # when PruneConfig.damp is None (None: the method does not damp)
+    default_rounding: ClassVar[Rounding] = "nearest"  # when PruneConfig.rounding is None
     scoring: ClassVar[Scoring] = "dense"
     error_scores: ClassVar[bool] = False  # whether head_scaling="error" applies (its scores replace the method's)
     repair_kind: ClassVar[Repair] = "slice"
+    # scoring "sequential": the MLP is scored on inputs through this layer's already pruned attention (SlimGPT
+    # prunes attention, re-runs the layer, then prunes the MLP); the pass calls score_heads, then score_channels
+    mlp_after_attention: ClassVar[bool] = False
+
+    def resolve(self, cfg: PruneConfig) -> PruneConfig:
+        """``cfg`` with every ``None`` field that has a method default filled in: what the run computes with."""
+        return dataclasses.replace(
+            cfg,
+            allocation=cfg.allocation or self.default_allocation,
+            head_scaling=cfg.head_scaling or self.default_head_scaling,
+            compensation=self.compensation(cfg),
+            damp=self.default_damp if cfg.damp is None else cfg.damp,
+            rounding=cfg.rounding or self.default_rounding,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """Fixed settings of this method (or registered variant) that are not ``PruneConfig`` fields (LLM-Pruner's
+        Taylor samples, SlimGPT's schedule): recorded in every row's options as ``method_settings``."""
+        return {}
 
     def score(
         self, stats: dict[str, InputStats], o_weight: Tensor, down_weight: Tensor, geo: LayerGeometry, cfg: PruneConfig
@@ -70,6 +93,17 @@ class Method:
         """Scores of one layer from the statistics of its ``o_proj`` / ``down_proj`` inputs
         (``scoring`` "dense" or "sequential")."""
         raise NotImplementedError(f"{self.name} scores with scoring={self.scoring!r}, not per layer")
+
+    def score_heads(self, stats: InputStats, o_weight: Tensor, geo: LayerGeometry, cfg: PruneConfig) -> Tensor:
+        """Query-head scores of one layer from its ``o_proj`` input statistics (``mlp_after_attention``)."""
+        raise NotImplementedError(f"{self.name} scores heads and channels together")
+
+    def score_channels(
+        self, stats: InputStats, down_weight: Tensor, geo: LayerGeometry, cfg: PruneConfig, n_pruned: int
+    ) -> Tensor:
+        """MLP-channel scores of one layer (``mlp_after_attention``), knowing that ``n_pruned`` channels go: the
+        first ``n_pruned`` in score order are the method's choice."""
+        raise NotImplementedError(f"{self.name} scores heads and channels together")
 
     def score_model(
         self, model: nn.Module, adapter: Adapter, calibration: Tensor, cfg: PruneConfig
@@ -95,11 +129,15 @@ class Method:
 
     def needs_stats(self, cfg: PruneConfig) -> bool:
         """Whether the repair reads calibration statistics: the one place that decides it."""
-        return self.repair_kind != "slice" and cfg.compensation != "none"
+        return self.repair_kind != "slice" and self.compensation(cfg) != "none"
 
     def adds_bias(self, cfg: PruneConfig) -> bool:
         """Whether the repaired output projections get a bias."""
-        return self.repair_kind == "bias" and cfg.compensation != "none"
+        return self.repair_kind == "bias" and self.compensation(cfg) != "none"
+
+    def compensation(self, cfg: PruneConfig) -> Compensation:
+        """The compensation a config runs with (its own, or the method's default)."""
+        return cfg.compensation or self.default_compensation
 
     def check(self, cfg: PruneConfig) -> None:
         """Refuse a configuration this method cannot run (before any model work)."""
@@ -122,7 +160,7 @@ class Method:
             raise NumpruneError(
                 f"{self.name} scores each layer through the already pruned ones: it needs allocation='uniform'"
             )
-        if self.scoring == "sequential" and cfg.compensation == "dense":
+        if self.scoring == "sequential" and self.compensation(cfg) == "dense":
             raise NumpruneError(
                 f"{self.name} repairs with the statistics it scored with (sequential): use compensation="
                 "'sequential' or 'none'"

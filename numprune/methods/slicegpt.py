@@ -174,7 +174,13 @@ class SliceGPT(Method):
     scoring = "transform"
 
     def transform_(self, model: nn.Module, adapter: Adapter, calibration: Tensor, cfg: PruneConfig) -> Transformed:
-        ra = residual_adapter(adapter, self.name)
+        try:
+            ra = residual_adapter(adapter, self.name, rotates=True)
+        except NumpruneError as err:
+            from numprune.adapters import hf_adapters
+
+            ok = ", ".join(a.name for a in hf_adapters() if a.rotation_invariant)
+            raise NumpruneError(f"{err}; it supports the families {ok}") from None
         geos = [adapter.geometry(layer) for layer in adapter.layers(model)]
         hidden = geos[0].hidden
         dim = slicing_dim(geos, cfg.ratio, cfg.round_to)

@@ -1,4 +1,11 @@
-"""Adapter for Hugging Face LLaMA-layout causal LMs: LLaMA-1/2/3, Mistral, Qwen2 (and SmolLM2)."""
+"""The Hugging Face decoder layout that every supported family shares; one small subclass per family.
+
+Layout: ``model.model.embed_tokens`` -> ``model.model.layers[i]`` (``input_layernorm``, ``self_attn`` with
+``q_proj`` / ``k_proj`` / ``v_proj`` / ``o_proj``, a norm before the MLP, ``mlp`` with ``gate_proj`` / ``up_proj``
+/ ``down_proj``) -> ``model.model.norm`` -> ``model.lm_head``. What a family changes (biases, per-head norms,
+post-norms, layer types, RoPE variants) is stated in its file (``llama.py``, ``qwen2.py``, ...); the per-layer
+classes that make a pruned model reload are in ``numprune/pruned_model.py``.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +18,8 @@ from numprune.adapters.base import LayerGeometry
 from numprune.pruned_model import PRUNED_CLASSES, resize_attention, resize_mlp
 from numprune.sliced_model import SLICED_CLASSES, ResidualRMSNorm, sliced_layer
 
-SUPPORTED_MODEL_TYPES = tuple(PRUNED_CLASSES)
 
-
-def base_model_type(model: nn.Module) -> str:
+def base_model_type(model: Any) -> str:
     model_type = getattr(model.config, "model_type", "")
     return model_type.removeprefix("numpruned_")
 
@@ -43,13 +48,29 @@ def _set_config(model: Any, new: Any) -> None:
             layer.self_attn.config = new
 
 
-class HFLlamaAdapter:
-    name = "hf-llama"
+class HFDecoderAdapter:
+    """The shared adapter; a family sets ``name`` / ``model_type`` and what differs from the LLaMA layout."""
 
-    def layers(self, model: nn.Module) -> nn.ModuleList:
+    name = "hf-decoder"
+    model_type = ""  # the stock config's model_type
+    # SliceGPT rotates the residual stream: only where its norms are RMSNorms before the blocks (no post-norms)
+    rotation_invariant = True
+    mlp_norm = "post_attention_layernorm"  # the norm whose output the MLP reads
+    # llama.cpp's graph that computes this family exactly with LLaMA's tensors (GGUF export), or None where the
+    # family adds what that graph lacks (q/k/v biases, per-head norms, post-norms): numprune/export/gguf.py
+    gguf_architecture: str | None = None
+
+    def matches(self, model: Any) -> bool:
+        """``model`` is of this family (stock, or pruned by numprune) and has the shared layout."""
+        if base_model_type(model) != self.model_type:
+            return False
+        layers = getattr(getattr(model, "model", None), "layers", None)
+        return layers is not None and len(layers) > 0 and all(hasattr(layers[0], a) for a in ("self_attn", "mlp"))
+
+    def layers(self, model: Any) -> nn.ModuleList:
         return model.model.layers
 
-    def geometry(self, layer: nn.Module) -> LayerGeometry:
+    def geometry(self, layer: Any) -> LayerGeometry:
         attn, mlp = layer.self_attn, layer.mlp
         hidden = layer.input_layernorm.weight.numel()
         if hasattr(attn, "q_proj"):
@@ -63,30 +84,37 @@ class HFLlamaAdapter:
             hidden=hidden, num_heads=heads, num_kv_heads=kv, head_dim=hd, intermediate=inter, qkv_bias=bias
         )
 
-    def out_projections(self, layer: nn.Module) -> tuple[nn.Linear | None, nn.Linear | None]:
+    def out_projections(self, layer: Any) -> tuple[nn.Linear | None, nn.Linear | None]:
         return getattr(layer.self_attn, "o_proj", None), getattr(layer.mlp, "down_proj", None)
 
-    def attn_in(self, layer: nn.Module) -> list[tuple[nn.Linear, str]]:
+    def attn_in(self, layer: Any) -> list[tuple[nn.Linear, str]]:
         attn = layer.self_attn
         return [(attn.q_proj, "q"), (attn.k_proj, "k"), (attn.v_proj, "v")] if hasattr(attn, "q_proj") else []
 
-    def mlp_in(self, layer: nn.Module) -> list[nn.Linear]:
+    def mlp_in(self, layer: Any) -> list[nn.Linear]:
         mlp = layer.mlp
         return [mlp.gate_proj, mlp.up_proj] if hasattr(mlp, "gate_proj") else []
 
-    def resize_attention(self, layer: nn.Module, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
+    def output_biases(self, layer: Any) -> tuple[Tensor | None, Tensor | None]:
+        """The output biases of the attention and MLP blocks (``o_proj`` / ``down_proj``, or a fully pruned
+        block's), None where the model has none (only FLAP-compensated models have them)."""
+        attn = getattr(layer.self_attn, "o_proj", layer.self_attn)
+        mlp = getattr(layer.mlp, "down_proj", layer.mlp)
+        return getattr(attn, "bias", None), getattr(mlp, "bias", None)
+
+    def resize_attention(self, layer: Any, heads: int, kv_heads: int, output_bias: bool) -> nn.Module:
         return resize_attention(layer, heads, kv_heads, output_bias)
 
-    def resize_mlp(self, layer: nn.Module, intermediate: int, output_bias: bool) -> nn.Module:
+    def resize_mlp(self, layer: Any, intermediate: int, output_bias: bool) -> nn.Module:
         return resize_mlp(layer, intermediate, output_bias)
 
-    def run_model(self, model: nn.Module, batch: Tensor) -> Any:
+    def run_model(self, model: Any, batch: Tensor) -> Any:
         return model(input_ids=batch, use_cache=False)
 
     def layer_output(self, output: Any) -> Tensor:
         return output[0] if isinstance(output, tuple) else output
 
-    def finalize(self, model: nn.Module, shapes: list[LayerGeometry], output_bias: bool) -> None:
+    def finalize(self, model: Any, shapes: list[LayerGeometry], output_bias: bool) -> None:
         """Replace the config by a per-layer one, or a stock one where every layer kept the same counts (and
         the stock class accepts them: it refuses a hidden size that is not a multiple of the head count)."""
         cfg = model.config
@@ -140,7 +168,7 @@ class HFLlamaAdapter:
         return model.lm_head
 
     def norm_weights(self, layer: Any) -> tuple[Tensor, Tensor]:
-        return layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+        return layer.input_layernorm.weight, getattr(layer, self.mlp_norm).weight
 
     def final_norm_weight(self, model: Any) -> Tensor:
         return model.model.norm.weight
@@ -149,6 +177,8 @@ class HFLlamaAdapter:
         cfg, base = model.config, base_model_type(model)
         if base not in SLICED_CLASSES or any(getattr(cfg, k, None) for k in ("layer_num_heads", "output_bias")):
             raise ValueError(f"slicing needs a dense {', '.join(SLICED_CLASSES)} model, got {cfg.model_type!r}")
+        if not self.rotation_invariant:
+            raise ValueError(f"the {self.name} layout is not invariant under rotations of its residual stream")
         hidden, eps = cfg.hidden_size, cfg.rms_norm_eps
         layers = model.model.layers
         for i, layer in enumerate(layers):
