@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -137,8 +136,7 @@ def plan_pruning(
     plans = _layer_plans(scores, geos, sel, cfg)
 
     params_before = count_params(model)
-    kept = [replace(g, num_heads=len(p.heads), num_kv_heads=len(p.kv_heads), intermediate=len(p.channels))
-            for g, p in zip(geos, plans)]  # fmt: skip
+    kept = [g.kept(len(p.heads), len(p.kv_heads), len(p.channels)) for g, p in zip(geos, plans)]
     gqa = effective_gqa(cfg.gqa, geos)
     if gqa != cfg.gqa:
         warnings.warn(f"gqa='{cfg.gqa}' prunes no attention in layers with one KV head: they prune query heads "

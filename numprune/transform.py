@@ -8,7 +8,6 @@ changes the model in one pass, and this wraps what it did into the same ``Prunin
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -53,8 +52,7 @@ def transform_model_(
     achieved = {**done.achieved, "model_params_before": params_before, "model_params_after": count_params(model)}
     # the remaining layers' heads and channels (a sliced residual stream narrows the projections too: their
     # FLOPs are counted at the dense width, an upper bound)
-    kept = [replace(geos[0], num_heads=len(p.heads), num_kv_heads=len(p.kv_heads), intermediate=len(p.channels))
-            for p in done.layers]  # fmt: skip
+    kept = [geos[0].kept(len(p.heads), len(p.kv_heads), len(p.channels)) for p in done.layers]
     achieved |= per_token_record(geos, kept, next(model.parameters()).element_size())
     return PruningPlan(
         layers=done.layers,

@@ -6,7 +6,7 @@ this Protocol, so one pipeline prunes Hugging Face LLaMA-family models and Llama
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
@@ -83,6 +83,10 @@ class LayerGeometry:
         ``q k^T`` and ``p v`` over the context."""
         proj = 2 * (self.num_heads * self.query_head_params + self.num_kv_heads * self.kv_head_params)
         return proj + 2 * 2 * self.num_heads * self.head_dim * context
+
+    def kept(self, heads: int, kv_heads: int, channels: int) -> LayerGeometry:
+        """This layer with ``heads`` query heads, ``kv_heads`` KV heads and ``channels`` MLP channels left."""
+        return replace(self, num_heads=heads, num_kv_heads=kv_heads, intermediate=channels)
 
     @property
     def gram_elements(self) -> int:
