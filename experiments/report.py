@@ -1,7 +1,7 @@
 """Markdown tables for docs/quality.md and docs/ablations.md, from the result CSVs alone.
 
 PYTHONPATH=. python experiments/report.py quality      # prints the tables of results/quality_smollm2.csv
-PYTHONPATH=. python experiments/report.py readme       # the README's two test-set tables from the same CSV
+PYTHONPATH=. python experiments/report.py readme [CSV]  # the README's two test-set tables (default: the same CSV)
 PYTHONPATH=. python experiments/report.py ablations    # one table per results/ablation_*.csv
 PYTHONPATH=. python experiments/report.py exchange     # issue 13's table (results/ablation_exchange.csv)
 PYTHONPATH=. python experiments/report.py table results/smollm2_numerical.csv   # any results CSV: ppl per method
@@ -74,7 +74,7 @@ def readme(path: str = "results/quality_smollm2.csv") -> str:
         )
         t = t.reindex([m for m in ORDER if m in t.index] + [m for m in t.index if m not in ORDER])
         t.columns = [f"{round(c * 100)}%" for c in t.columns]
-        t.index.name = f"{title} (dense {dense.get(ev, float('nan')):.2f})"
+        t.index.name = f"{title} (dense {dense[ev]:.2f})" if ev in dense else f"{title} (dense: not in the CSV)"
         out.append(bold_best(t).to_markdown(colalign=["left"] + ["right"] * len(t.columns)))
     return "\n\n".join(out)
 
@@ -166,4 +166,4 @@ if __name__ == "__main__":
         table(sys.argv[2])
     else:
         tables = {"quality": quality, "readme": readme, "exchange": exchange}
-        print(tables.get(sys.argv[1] if sys.argv[1:] else "", ablations)())
+        print(tables.get(sys.argv[1] if sys.argv[1:] else "", ablations)(*sys.argv[2:]))

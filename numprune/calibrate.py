@@ -7,9 +7,8 @@ scoring pass and the sequential compensation pass use it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,91 +17,14 @@ from tqdm.auto import tqdm
 
 from numprune.adapters import Adapter
 from numprune.errors import NumpruneError
+from numprune.stats import GramAccumulator, InputStats, Reduce, check_calibration, record_inputs
+from numprune.timing import stage
 
-Reduce = Callable[[Tensor], Tensor]  # sums a tensor over processes (all-reduce); None: one process
-
-
-@dataclass
-class InputStats:
-    """Statistics of the inputs of one projection: ``gram = X^T X / n`` and ``mean = 1^T X / n`` (float64)."""
-
-    gram: Tensor
-    mean: Tensor
-    count: int
-
-    @property
-    def variance(self) -> Tensor:
-        """Per-channel input variance (FLAP's fluctuation)."""
-        return (self.gram.diagonal() - self.mean**2).clamp_min(0.0)
-
-    def to(self, device: str | torch.device) -> InputStats:
-        return InputStats(self.gram.to(device), self.mean.to(device), self.count)
-
-
-def check_calibration(calibration: Tensor) -> Tensor:
-    """The calibration token ids as int64 ``[nsamples, seqlen]``; a clear error otherwise."""
-    if not isinstance(calibration, Tensor) or calibration.ndim != 2 or calibration.numel() == 0:
-        raise NumpruneError("calibration must be a non-empty [nsamples, seqlen] tensor of token ids")
-    if calibration.dtype not in (torch.int32, torch.int64):
-        raise NumpruneError(f"calibration token ids must be integers, got {calibration.dtype}")
-    return calibration.long()
-
-
-class GramAccumulator:
-    """Accumulates ``X^T X`` and ``1^T X`` of a projection's inputs in float64 (SparseGPT-style ``add_batch``)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.xtx: Tensor | None = None
-        self.xsum: Tensor | None = None
-        self.count = 0
-
-    def add_batch(self, x: Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1])
-        if not torch.isfinite(x).all():
-            raise NumpruneError(f"non-finite activations at the input of {self.name}; check the model and dtype")
-        x = x.to(torch.float64)
-        if self.xtx is None:
-            self.xtx = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
-            self.xsum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-        assert self.xsum is not None
-        self.xtx.addmm_(x.T, x)
-        self.xsum += x.sum(0)
-        self.count += x.shape[0]
-
-    def reduce_(self, reduce: Callable[[Tensor], Tensor]) -> None:
-        """Sum the accumulated ``X^T X``, ``1^T X`` and count over processes (distributed calibration)."""
-        if self.xtx is None or self.xsum is None:
-            raise NumpruneError(f"no calibration inputs reached {self.name} on this process: give every rank samples")
-        self.xtx, self.xsum = reduce(self.xtx), reduce(self.xsum)
-        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.xtx.device)
-        self.count = int(reduce(count).item())
-
-    def stats(self) -> InputStats:
-        if self.xtx is None or self.xsum is None or self.count == 0:
-            raise NumpruneError(f"no calibration inputs reached {self.name}")
-        return InputStats(self.xtx / self.count, self.xsum / self.count, self.count)
-
-
-@contextmanager
-def record_inputs(modules: Mapping[str, nn.Module | None], prefix: str = "") -> Iterator[dict[str, GramAccumulator]]:
-    """Attach accumulators to the inputs of the named modules for the duration of the block."""
-    accs: dict[str, GramAccumulator] = {}
-    handles = []
-    for name, module in modules.items():
-        if module is None:
-            continue
-        acc = accs[name] = GramAccumulator(f"{prefix}{name}")
-        handles.append(module.register_forward_pre_hook(lambda _m, args, acc=acc: acc.add_batch(args[0])))
-    try:
-        yield accs
-    finally:
-        for h in handles:
-            h.remove()
+__all__ = ["GramAccumulator", "InputStats", "LayerwiseRunner", "Reduce", "check_calibration", "record_inputs"]
 
 
 class _Captured(Exception):
-    """Raised inside the first decoder layer once its inputs are recorded (private: only caught here)."""
+    """Raised inside a layer once the inputs it was run for are recorded (private: only caught here)."""
 
 
 class _KwargsRecorder(nn.Module):
@@ -120,8 +42,23 @@ class _KwargsRecorder(nn.Module):
         return hidden_states
 
 
+@contextmanager
+def _replaced_forward(module: nn.Module, forward: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Run ``forward`` instead of ``module``'s own for the duration of the block (an instance attribute)."""
+    module.forward = forward
+    try:
+        yield
+    finally:
+        del module.forward
+
+
 class LayerwiseRunner:
-    """Holds the current hidden states of every calibration sample and walks the decoder layers."""
+    """Holds the current hidden states of every calibration sample and walks the decoder layers.
+
+    The hidden states live on the compute device, or in CPU memory with ``offload=True`` (each sample then
+    moves to the device for its forward: device memory is one layer plus one sample's activations plus the
+    statistics). ``stage_name`` is the timing stage that layer forwards are charged to (``numprune.timing``).
+    """
 
     def __init__(
         self,
@@ -131,13 +68,18 @@ class LayerwiseRunner:
         device: torch.device,
         progress: bool = True,
         reduce: Callable[[Tensor], Tensor] | None = None,
+        offload: bool = False,
+        stage_name: str = "forward",
     ) -> None:
         """``reduce``: sums a tensor over processes; each process then holds its own shard of ``samples`` and
         ``collect`` returns the statistics of all shards together (the hidden states stay per process)."""
         self.model, self.adapter, self.device, self.progress = model, adapter, torch.device(device), progress
-        self.reduce = reduce
+        self.reduce, self.stage_name = reduce, stage_name
+        self.store = torch.device("cpu") if offload else self.device
+        self.bypass_ok: bool | None = None  # see collect_bypassed
         self.position = 0  # the layer the samples are at (``walk`` moves it)
-        self.hidden, self.layer_kwargs = self._capture(samples)
+        with stage("capture"):
+            self.hidden, self.layer_kwargs = self._capture(samples)
 
     @torch.no_grad()
     def _capture(self, samples: Tensor) -> tuple[list[Tensor], list[dict]]:
@@ -153,7 +95,7 @@ class LayerwiseRunner:
         kwargs: list[dict] = [{} for _ in layers]
 
         def grab(_m: nn.Module, args: tuple, kw: dict) -> None:
-            hidden.append((args[0] if args else kw["hidden_states"]).detach())
+            hidden.append((args[0] if args else kw["hidden_states"]).detach().to(self.store))
             raise _Captured
 
         originals = list(layers)
@@ -183,12 +125,16 @@ class LayerwiseRunner:
         in_layers = {id(t) for t in [*layers.parameters(), *layers.buffers()]}
         return [t for t in [*self.model.parameters(), *self.model.buffers()] if id(t) not in in_layers]
 
+    def _run(self, layer: nn.Module, h: Tensor, index: int | None = None) -> Tensor:
+        kwargs = self.layer_kwargs[self.position if index is None else index]
+        return self.adapter.layer_output(layer(h.to(self.device), **kwargs))
+
     @torch.no_grad()
     def forward(self, layer: nn.Module, index: int | None = None) -> list[Tensor]:
         """Run one layer (already on the device; decoder layer ``index``, default: where the samples are) over
         every sample; returns the outputs."""
-        kwargs = self.layer_kwargs[self.position if index is None else index]
-        return [self.adapter.layer_output(layer(h, **kwargs)) for h in self.hidden]
+        with stage(self.stage_name):
+            return [self._run(layer, h, index).to(self.store) for h in self.hidden]
 
     @torch.no_grad()
     def walk(self, visit: Callable[[int, nn.Module], list[Tensor] | None], desc: str) -> None:
@@ -204,18 +150,112 @@ class LayerwiseRunner:
             self.hidden = self.forward(layer) if out is None else out
             layer.to(home)
 
+    def _projections(self, layer: nn.Module) -> dict[str, nn.Linear | None]:
+        return dict(zip(("o_proj", "down_proj"), self.adapter.out_projections(layer)))
+
+    def _projection(self, layer: nn.Module, index: int, name: str) -> nn.Linear:
+        module = self._projections(layer)[name]
+        if module is None:
+            raise NumpruneError(f"layer {index} has no {name} left (its block was cut to nothing)")
+        return module
+
+    def _stats(self, accs: dict[str, GramAccumulator]) -> dict[str, InputStats]:
+        if self.reduce is not None:
+            for acc in accs.values():
+                acc.reduce_(self.reduce)
+        return {name: acc.stats() for name, acc in accs.items()}
+
     def collect(
         self, layer: nn.Module, index: int, names: tuple[str, ...] = ("o_proj", "down_proj")
     ) -> tuple[dict[str, InputStats], list[Tensor]]:
         """Input statistics of the layer's output projections over all samples, and the layer's outputs."""
-        o_proj, down_proj = self.adapter.out_projections(layer)
-        modules = {"o_proj": o_proj, "down_proj": down_proj}
+        modules = self._projections(layer)
         with record_inputs({n: modules[n] for n in names}, prefix=f"layer {index} ") as accs:
             out = self.forward(layer, index)
-            if self.reduce is not None:
-                for acc in accs.values():
-                    acc.reduce_(self.reduce)
         for h in out:
             if not torch.isfinite(h).all():
                 raise NumpruneError(f"non-finite activations at the output of layer {index}")
-        return {name: acc.stats() for name, acc in accs.items()}, out
+        return self._stats(accs), out
+
+    @torch.no_grad()
+    def collect_until(self, layer: nn.Module, index: int, name: str) -> dict[str, InputStats]:
+        """Input statistics of one output projection; each sample's forward stops at that projection (the
+        rest of the layer is not run)."""
+        module = self._projection(layer, index, name)
+        acc = GramAccumulator(f"layer {index} {name}")
+
+        def record_and_stop(x: Tensor) -> Tensor:
+            acc.add_batch(x)
+            raise _Captured
+
+        with stage(self.stage_name), _replaced_forward(module, record_and_stop):
+            for h in self.hidden:
+                try:
+                    self._run(layer, h, index)
+                except _Captured:
+                    pass
+        return self._stats({name: acc})
+
+    @torch.no_grad()
+    def collect_bypassed(
+        self, layer: nn.Module, index: int, name: str, keep: Tensor
+    ) -> tuple[dict[str, InputStats], tuple[list[Tensor], list[Tensor]] | None]:
+        """Input statistics of one output projection over all samples, run with the projection bypassed (it
+        outputs zeros), and per sample the layer output without the projection's term plus the projection's
+        input columns ``keep``: ``complete`` then adds the repaired projection's term, which saves a second
+        forward through the layer. The identity ``output = bypassed output + projection(input)`` is checked
+        once per runner on one sample; where it does not hold the partial outputs are None (run a forward)."""
+        module = self._projection(layer, index, name)
+        acc = GramAccumulator(f"layer {index} {name}")
+        keep = keep.to(self.device)
+        kept: list[Tensor] = []
+
+        def record_and_bypass(x: Tensor) -> Tensor:
+            acc.add_batch(x)
+            kept.append(x[..., keep].to(self.store))
+            return x.new_zeros(*x.shape[:-1], module.out_features)
+
+        if self.bypass_ok is None:
+            self.bypass_ok = self._bypass_identity(layer, module, index)
+        if not self.bypass_ok:
+            stats, _ = self.collect(layer, index, names=(name,))
+            return stats, None
+        with stage(self.stage_name), _replaced_forward(module, record_and_bypass):
+            partial = [self._run(layer, h, index).to(self.store) for h in self.hidden]
+        return self._stats({name: acc}), (partial, kept)
+
+    @torch.no_grad()
+    def _bypass_identity(self, layer: nn.Module, module: nn.Module, index: int | None = None) -> bool:
+        """Whether, on the first sample, the layer output is its output with ``module`` bypassed plus
+        ``module``'s output (true for a projection that writes into the residual stream)."""
+        x_in: list[Tensor] = []
+        full = self._run(layer, self.hidden[0], index)
+        own = module.forward
+
+        def zero(x: Tensor) -> Tensor:
+            x_in.append(x)
+            return torch.zeros_like(own(x))
+
+        with _replaced_forward(module, zero):
+            partial = self._run(layer, self.hidden[0], index)
+        rebuilt = partial + module(x_in[0])
+        tol = 1e-4 if full.dtype in (torch.float32, torch.float64) else 2e-2
+        return bool(torch.allclose(rebuilt, full, rtol=tol, atol=tol * float(full.abs().max())))
+
+    @torch.no_grad()
+    def complete(
+        self, layer: nn.Module, partial: tuple[list[Tensor], list[Tensor]], keep: Tensor, masked: bool
+    ) -> list[Tensor] | None:
+        """Outputs of the layer after its bypassed ``down_proj`` was repaired and cut to ``keep``: the bypassed
+        outputs plus the new projection of the kept input columns (``masked``: the weight kept its width, the
+        columns are picked). None when the MLP was cut to nothing (run a forward through the layer)."""
+        module = self.adapter.out_projections(layer)[1]
+        if module is None or not len(keep):
+            return None
+        weight = module.weight[:, keep.to(module.weight.device)] if masked else module.weight
+        with stage(self.stage_name):
+            out = []
+            for p, x in zip(*partial):
+                y = p.to(self.device) + torch.nn.functional.linear(x.to(self.device), weight, module.bias)
+                out.append(y.to(self.store))
+        return out

@@ -37,7 +37,7 @@ def compensate(gram: Tensor, weight: Tensor, keep: Tensor, damp: float = 0.01) -
         return weight[:, keep.to(weight.device)].clone()
     g_kk = g[keep][:, keep]
     gamma = damp * g_kk.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
-    g_kk = g_kk + gamma * torch.eye(len(keep), dtype=g.dtype, device=g.device)
+    g_kk.diagonal().add_(gamma)  # g_kk is a copy (advanced indexing); no D x D identity
     rhs = g[keep][:, prune] @ w[prune]  # [K, out]
     chol, info = torch.linalg.cholesky_ex(g_kk)
     if int(info) == 0:

@@ -69,6 +69,7 @@ class PruneConfig:
     calibration_mode: Literal["layerwise", "streaming"] = "layerwise"  # see numprune.passes.streaming_statistics
     calibration_batch: int = 8  # samples per forward in streaming calibration
     stats_cache_gib: float = 4.0  # keep dense statistics for compensation when they fit, else recompute
+    offload_activations: bool = False  # calibration hidden states in CPU memory, one sample at a time on device
     seed: int = 0
     progress: bool = True
 

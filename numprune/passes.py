@@ -18,6 +18,7 @@ from numprune.errors import NumpruneError
 from numprune.methods import LayerScores, Method
 from numprune.plan import LayerPlan
 from numprune.surgery import prune_attention_, prune_mlp_
+from numprune.timing import stage
 
 
 def score_pass(
@@ -41,9 +42,10 @@ def score_pass(
         for i, layer in enumerate(adapter.layers(model)):
             o_proj, down_proj = projections(adapter, layer)
             st = {k: v.to(o_proj.weight.device) for k, v in dense_stats[i].items()}
-            dense_scores.append(meth.score(st, o_proj.weight, down_proj.weight, geos[i], cfg))
+            with stage("score"):
+                dense_scores.append(meth.score(st, o_proj.weight, down_proj.weight, geos[i], cfg))
         return dense_scores, dense_stats if cfg.compensation == "dense" else None
-    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
+    runner = LayerwiseRunner(model, adapter, calibration, device, cfg.progress, reduce, cfg.offload_activations)
     scores: list[LayerScores] = []
     stats_bytes = sum(8 * g.gram_elements for g in geos)
     keep_stats = cfg.compensation == "dense" and stats_bytes <= cfg.stats_cache_gib * 2**30
@@ -52,7 +54,8 @@ def score_pass(
     def visit(i: int, layer: nn.Module) -> list[Tensor]:
         stats, out = runner.collect(layer, i)
         o_proj, down_proj = projections(adapter, layer)
-        scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
+        with stage("score"):
+            scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
         if cache is not None:
             cache.append({k: v.to("cpu") for k, v in stats.items()})
         return out  # the dense outputs feed the next layer
@@ -141,15 +144,19 @@ def cut_layer_(
         heads = torch.tensor(plan.heads, dtype=torch.long)
         cols = head_columns(geo, heads)
         st = _on(stats.get("o_proj"), o_proj.weight) if use else None
-        w, b = meth.repair(st, o_proj.weight, cols.to(o_proj.weight.device), cfg)
+        with stage("repair"):
+            w, b = meth.repair(st, o_proj.weight, cols.to(o_proj.weight.device), cfg)
         kv = torch.tensor(plan.kv_heads, dtype=torch.long)
-        prune_attention_(adapter, layer, geo, heads, kv, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
+        with stage("surgery"):
+            prune_attention_(adapter, layer, geo, heads, kv, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
     if "mlp" in parts:
         assert down_proj is not None, "the MLP of this layer was already cut"
         ch = torch.tensor(plan.channels, dtype=torch.long)
         st = _on(stats.get("down_proj"), down_proj.weight) if use else None
-        w, b = meth.repair(st, down_proj.weight, ch.to(down_proj.weight.device), cfg)
-        prune_mlp_(adapter, layer, ch, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
+        with stage("repair"):
+            w, b = meth.repair(st, down_proj.weight, ch.to(down_proj.weight.device), cfg)
+        with stage("surgery"):
+            prune_mlp_(adapter, layer, ch, w, b, output_bias=output_bias, mask_only=cfg.mask_only)
 
 
 def sequential_repair_(
@@ -163,15 +170,20 @@ def sequential_repair_(
     plan: LayerPlan,
     output_bias: bool,
     first: dict[str, InputStats] | None = None,
-) -> None:
-    """Repair and cut one layer on the inputs that reach it through the already pruned layers: ``o_proj``
-    from the layer as it is (``first``: statistics already collected on it), then ``down_proj`` through this
-    layer's pruned attention."""
+) -> list[Tensor] | None:
+    """Repair and cut one layer on the inputs that reach it through the already pruned layers: ``o_proj`` from
+    the layer as it is (``first``: its statistics; else each sample runs up to ``o_proj``), then ``down_proj``
+    through the pruned attention with ``down_proj`` bypassed. Returns the outputs (None: run a forward)."""
+    if not meth.needs_stats(cfg):
+        cut_layer_(adapter, meth, cfg, layer, geo, plan, {}, ("attn", "mlp"), output_bias)
+        return None
     if first is None:
-        first = runner.collect(layer, i, names=("o_proj",))[0] if meth.needs_stats(cfg) else {}
+        first = runner.collect_until(layer, i, "o_proj")
     cut_layer_(adapter, meth, cfg, layer, geo, plan, first, ("attn",), output_bias)
-    second = runner.collect(layer, i, names=("down_proj",))[0] if meth.needs_stats(cfg) else {}
+    channels = torch.tensor(plan.channels, dtype=torch.long)
+    second, partial = runner.collect_bypassed(layer, i, "down_proj", channels)
     cut_layer_(adapter, meth, cfg, layer, geo, plan, second, ("mlp",), output_bias)
+    return None if partial is None else runner.complete(layer, partial, channels, cfg.mask_only)
 
 
 def sequential_score_pass(
@@ -189,7 +201,7 @@ def sequential_score_pass(
     """Scores of per-layer methods (``scoring == "sequential"``): each layer is scored on the inputs that
     reach it through the already pruned earlier layers. The model is not modified: each layer is pruned in a
     copy (``plan_layer`` turns its scores into its kept units), which feeds the next layer."""
-    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
+    runner = LayerwiseRunner(model, adapter, calibration, device, cfg.progress, reduce, cfg.offload_activations)
     scores: list[LayerScores] = []
 
     def visit(i: int, layer: nn.Module) -> list[Tensor]:
@@ -199,10 +211,11 @@ def sequential_score_pass(
             return runner.forward(work)
         stats, _ = runner.collect(work, i)
         o_proj, down_proj = projections(adapter, work)
-        scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
+        with stage("score"):
+            scores.append(meth.score(stats, o_proj.weight, down_proj.weight, geos[i], cfg))
         plan = plan_layer(i, scores[-1])
-        sequential_repair_(runner, adapter, meth, cfg, i, work, geos[i], plan, output_bias, first=stats)
-        return runner.forward(work)
+        out = sequential_repair_(runner, adapter, meth, cfg, i, work, geos[i], plan, output_bias, first=stats)
+        return out if out is not None else runner.forward(work)
 
     runner.walk(visit, desc=f"{meth.name}: sequential calibrate + score")
     return scores
@@ -263,13 +276,13 @@ def apply_pass(
         return
     if calibration is None:
         raise NumpruneError(f"{meth.name} with compensation={cfg.compensation!r} needs calibration samples")
-    runner = LayerwiseRunner(model, adapter, calibration, device, progress=cfg.progress, reduce=reduce)
-    if cfg.compensation == "sequential" or meth.scoring == "sequential":
+    sequential = cfg.compensation == "sequential" or meth.scoring == "sequential"
+    runner = LayerwiseRunner(model, adapter, calibration, device, cfg.progress, reduce, cfg.offload_activations,
+                             stage_name="sequential_forward" if sequential else "forward")  # fmt: skip
+    if sequential:
 
-        def visit(i: int, layer: nn.Module) -> None:
-            # Inputs come through the already pruned layers; the MLP sees the pruned attention of this layer.
-            sequential_repair_(runner, adapter, meth, cfg, i, layer, geos[i], plans[i], output_bias)
-            return None  # propagate through the pruned layer
+        def visit(i: int, layer: nn.Module) -> list[Tensor] | None:  # through the already pruned layers
+            return sequential_repair_(runner, adapter, meth, cfg, i, layer, geos[i], plans[i], output_bias)
 
         runner.walk(visit, desc=f"{meth.name}: sequential repair")
     else:

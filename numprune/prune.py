@@ -31,6 +31,7 @@ from numprune.provenance import (
     peak_memory,
 )
 from numprune.select import LayerUnits, Selection, attention_units, effective_gqa, gqa_mode, kept_heads, select_units
+from numprune.timing import recorded, stage
 
 __all__ = ["PruneConfig", "Reduce", "apply_plan_", "count_params", "dense_statistics", "plan_pruning", "prune_"]
 
@@ -130,10 +131,11 @@ def plan_pruning(
         scores, cache = score_pass(model, adapter, meth, cfg, calibration, device, geos, dense_stats, reduce)
     model.train(was_training)
 
-    units = [attention_units(s.heads, g, cfg.gqa) for s, g in zip(scores, geos)]
-    sel = _select(scores, geos, cfg, allocation, layer_ratios)
-    _check_reached(sel, cfg, _layer_units(scores, geos, cfg), allocation)
-    plans = _layer_plans(scores, geos, sel, cfg)
+    with stage("select"):
+        units = [attention_units(s.heads, g, cfg.gqa) for s, g in zip(scores, geos)]
+        sel = _select(scores, geos, cfg, allocation, layer_ratios)
+        _check_reached(sel, cfg, _layer_units(scores, geos, cfg), allocation)
+        plans = _layer_plans(scores, geos, sel, cfg)
 
     params_before = count_params(model)
     kept = [g.kept(len(p.heads), len(p.kv_heads), len(p.channels)) for g, p in zip(geos, plans)]
@@ -219,12 +221,14 @@ def apply_plan_(
     bias = output_bias(model, adapter, meth, cfg)
     apply_pass(model, adapter, meth, cfg, calibration, device, geos, plan.layers, stats, bias, reduce)
     if not cfg.mask_only:
-        adapter.finalize(model, [adapter.geometry(layer) for layer in layers], bias)
+        with stage("surgery"):
+            adapter.finalize(model, [adapter.geometry(layer) for layer in layers], bias)
         plan.achieved["model_params_after"] = count_params(model)
     model.train(was_training)
     plan.timing["apply_seconds"] = time.perf_counter() - start
     plan.timing["prune_seconds"] = plan.timing.get("score_seconds", 0.0) + plan.timing["apply_seconds"]
     plan.timing.update(peak_memory(device))
+    plan.timing.update(recorded())  # stage times when a numprune.timing.StageTimer is active
     return plan
 
 

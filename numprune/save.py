@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from numprune import pruned_model, sliced_model
 from numprune.errors import NumpruneError
 from numprune.plan import PruningPlan
+from numprune.timing import stage
 
 if TYPE_CHECKING:
     from torch import nn
@@ -79,7 +80,7 @@ def save_pruned(
     model: PreTrainedModel, out: str | Path, plan: PruningPlan | None = None, tokenizer=None, overwrite: bool = False
 ) -> Path:
     """Write safetensors weights, ``config.json`` (per-layer shapes), the modeling file and the plan."""
-    with atomic_directory(out, overwrite) as tmp:
+    with stage("save"), atomic_directory(out, overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         for module in {ref.split(".")[0] for ref in (getattr(model.config, "auto_map", None) or {}).values()}:
             if module not in MODELING_SOURCES:

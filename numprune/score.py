@@ -31,12 +31,13 @@ class _RidgeSolver:
     """Cholesky of ``A + eps * mean(diag A) * I``; the ridge grows by 10x until the factorisation succeeds."""
 
     def __init__(self, a: Tensor, eps: float, max_tries: int = 8) -> None:
-        n = a.shape[0]
         scale = a.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
-        eye = torch.eye(n, dtype=a.dtype, device=a.device)
         rel = eps
         for _ in range(max_tries):
-            a_reg = a + (rel * scale) * eye if rel > 0 else a
+            a_reg = a
+            if rel > 0:  # the ridge on the diagonal of a copy (no D x D identity: one matrix less at the peak)
+                a_reg = a.clone()
+                a_reg.diagonal().add_(rel * scale)
             chol, info = torch.linalg.cholesky_ex(a_reg)
             if int(info) == 0:
                 self.a, self.chol, self.eps = a_reg, chol, rel

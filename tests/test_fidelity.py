@@ -193,8 +193,11 @@ def test_slimgpt_defaults_are_the_official_command():
 def test_every_row_records_the_complete_effective_options(method):
     opts = effective_options(0.2, method)
     from numprune.config import PruneConfig
+    from numprune.methods import NOT_RECORDED
 
-    fields = {f for f in PruneConfig.__dataclass_fields__} - {"ratio", "method", "progress"}
+    # every field that changes what a run computes (NOT_RECORDED: progress bars, where activations are kept)
+    assert set(NOT_RECORDED) == {"ratio", "method", "progress", "offload_activations"}
+    fields = {f for f in PruneConfig.__dataclass_fields__} - set(NOT_RECORDED)
     assert fields <= set(opts)
     assert all(opts[k] is not None for k in ("allocation", "head_scaling", "compensation", "rounding"))
 

@@ -45,8 +45,9 @@ def get_method(name: str) -> Method:
     return method
 
 
-# Fields that do not change what a run computes (how it reports progress): left out of result rows' options.
-NOT_RECORDED = ("ratio", "method", "progress")
+# Fields that do not change what a run computes (how it reports progress, where activations are kept): left
+# out of result rows' options.
+NOT_RECORDED = ("ratio", "method", "progress", "offload_activations")
 
 
 def effective_options(ratio: float, method: str = "numerical", **options: Any) -> dict[str, Any]:

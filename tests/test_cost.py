@@ -1,0 +1,144 @@
+"""Pruning cost: stage timings, float32 Gram products, the one-forward sequential repair, offloaded activations."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from numprune import prune_, timing
+from numprune.adapters import get_adapter
+from numprune.calibrate import LayerwiseRunner
+from numprune.config import make_config
+from numprune.methods import get_method
+from numprune.passes import cut_layer_
+from numprune.prune import output_bias, plan_pruning
+from numprune.stats import GramAccumulator
+from tests.conftest import tiny_model
+
+
+def test_gram_float32_products_match_a_float64_oracle():
+    """Products in float32, sums in float64: the Gram matrix and mean agree with float64 to ~1e-6 relative,
+    also for activations with a large common offset (the case that loses digits first)."""
+    gen = torch.Generator().manual_seed(0)
+    acc = GramAccumulator("x")
+    xs = [torch.randn(256, 48, generator=gen) * torch.linspace(0.1, 30, 48) + 5.0 for _ in range(16)]
+    for x in xs:
+        acc.add_batch(x.to(torch.bfloat16).float())
+    ref = torch.cat([x.to(torch.bfloat16).double() for x in xs])
+    st = acc.stats()
+    gram, mean = ref.T @ ref / ref.shape[0], ref.mean(0)
+    assert st.count == 16 * 256 and st.gram.dtype == torch.float64
+    assert (st.gram - gram).abs().max() / gram.abs().max() < 2e-6
+    assert torch.allclose(st.mean, mean, rtol=1e-6, atol=0)
+
+
+def test_gram_of_bf16_inputs_and_float64_inputs():
+    x = torch.randn(64, 8, dtype=torch.float64)
+    acc64 = GramAccumulator("x")
+    acc64.add_batch(x)
+    assert torch.allclose(acc64.stats().gram, x.T @ x / 64, rtol=1e-12)  # float64 stays float64
+    acc16 = GramAccumulator("x")
+    acc16.add_batch(x.to(torch.bfloat16))
+    y = x.to(torch.bfloat16).double()
+    assert torch.allclose(acc16.stats().gram, y.T @ y / 64, rtol=1e-5)
+
+
+def _old_sequential_repair(model, calib, plan, cfg):
+    """Oracle: the straightforward sequential repair (statistics of o_proj on the layer as it is, cut, a full
+    forward for down_proj's statistics through the pruned attention, cut, a third forward for the outputs)."""
+    adapter, meth = get_adapter(model), get_method(cfg.method)
+    runner = LayerwiseRunner(model, adapter, calib, torch.device("cpu"), progress=False)
+    bias = output_bias(model, adapter, meth, cfg)
+
+    def visit(i, layer):
+        geo = adapter.geometry(layer)
+        first, _ = runner.collect(layer, i, names=("o_proj",))
+        cut_layer_(adapter, meth, cfg, layer, geo, plan.layers[i], first, ("attn",), bias)
+        second, _ = runner.collect(layer, i, names=("down_proj",))
+        cut_layer_(adapter, meth, cfg, layer, geo, plan.layers[i], second, ("mlp",), bias)
+        return None
+
+    runner.walk(visit, desc="")
+    adapter.finalize(model, [adapter.geometry(layer) for layer in adapter.layers(model)], bias)
+
+
+@pytest.mark.parametrize("method", ["numerical", "flap"])
+@pytest.mark.parametrize("mask_only", [False, True])
+def test_sequential_repair_in_one_forward_equals_the_three_forward_oracle(model, calib, method, mask_only):
+    opts = dict(compensation="sequential", mask_only=mask_only, progress=False)
+    cfg = get_method(method).resolve(make_config(0.4, method, **opts))
+    ref = copy.deepcopy(model)
+    plan, _ = plan_pruning(ref, calib, cfg)
+    _old_sequential_repair(ref, calib, plan, cfg)
+    got = prune_(model, ratio=0.4, method=method, calibration=calib, **opts)
+    assert got.layers == plan.layers
+    for (name, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert a.shape == b.shape, name
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+
+
+def test_bypass_identity_is_checked_and_a_forward_replaces_it_when_false(calib, monkeypatch):
+    """A layer whose output is not ``partial + down_proj(x)`` (here: the identity check reports False) is
+    repaired by the plain forward, with the same result."""
+    model, ref = tiny_model(), tiny_model()
+    monkeypatch.setattr(LayerwiseRunner, "_bypass_identity", lambda self, layer, module, index=None: False)
+    a = prune_(model, ratio=0.4, calibration=calib, progress=False)
+    monkeypatch.undo()
+    b = prune_(ref, ratio=0.4, calibration=calib, progress=False)
+    assert a.layers == b.layers
+    for x, y in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_bypass_identity_holds_for_llama_layers(model, calib):
+    adapter = get_adapter(model)
+    runner = LayerwiseRunner(model, adapter, calib, torch.device("cpu"), progress=False)
+    layer = adapter.layers(model)[0]
+    o_proj, down_proj = adapter.out_projections(layer)
+    assert runner._bypass_identity(layer, down_proj)
+    assert not runner._bypass_identity(layer, o_proj)  # the MLP reads o_proj's output: no such identity
+
+
+@pytest.mark.parametrize("compensation", ["sequential", "dense"])
+def test_offloaded_activations_give_the_same_plan_and_weights(model, calib, compensation):
+    ref = copy.deepcopy(model)
+    a = prune_(model, ratio=0.3, calibration=calib, compensation=compensation, offload_activations=True, progress=False)
+    b = prune_(ref, ratio=0.3, calibration=calib, compensation=compensation, progress=False)
+    assert a.layers == b.layers and "offload_activations" not in a.options  # not a result option: same numbers
+    for x, y in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(x, y)
+
+
+def test_stage_timer_records_every_stage_exclusively(calib, tmp_path):
+    from numprune import save_pruned
+
+    model = tiny_model()
+    with timing.StageTimer() as timer:
+        plan = prune_(model, ratio=0.3, calibration=calib, progress=False)
+        save_pruned(model, tmp_path / "out", plan)
+    for name in ("capture", "forward", "gram", "score", "select", "repair", "surgery", "sequential_forward", "save"):
+        assert timer.seconds[name] > 0, name
+    assert set(timer.seconds) <= set(timing.STAGES)
+    assert plan.timing["stage_gram_seconds"] == pytest.approx(timer.seconds["gram"])
+    # exclusive times add up to no more than the wall time of the run
+    assert timer.total <= plan.timing["prune_seconds"] + timer.seconds["save"] + 0.05
+    # per layer: one dense collect (o_proj + down_proj hooks) and, sequentially, one of each projection
+    assert timer.calls["gram"] == 3 * (2 + 2) * calib.shape[0]
+
+
+def test_stages_cost_nothing_without_a_timer(calib):
+    assert timing.active() is None
+    assert timing.stage("gram") is timing.stage("score")  # the shared no-op context
+    plan = prune_(tiny_model(), ratio=0.3, calibration=calib, progress=False)
+    assert not any(k.startswith("stage_") for k in plan.timing)
+
+
+def test_nested_stages_charge_the_innermost():
+    with timing.StageTimer(sync_cuda=False) as t:
+        with timing.stage("forward"):
+            with timing.stage("gram"):
+                pass
+    assert set(t.seconds) == {"forward", "gram"} and t.calls == {"forward": 1, "gram": 1}
+    assert timing.active() is None
