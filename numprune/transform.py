@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from numprune.adapters import get_adapter
-from numprune.adapters.base import per_token_record
+from numprune.adapters.base import per_token_costs, per_token_record
 from numprune.calibrate import check_calibration
 from numprune.config import PruneConfig
 from numprune.errors import NumpruneError
@@ -52,8 +52,9 @@ def transform_model_(
     achieved = {**done.achieved, "model_params_before": params_before, "model_params_after": count_params(model)}
     # the remaining layers' heads and channels (a sliced residual stream narrows the projections too: their
     # FLOPs are counted at the dense width, an upper bound)
-    kept = [geos[0].kept(len(p.heads), len(p.kv_heads), len(p.channels)) for p in done.layers]
-    achieved |= per_token_record(geos, kept, next(model.parameters()).element_size())
+    element = next(model.parameters()).element_size()
+    achieved |= per_token_record(geos[:1] * len(done.layers), done.layers, element)  # every layer has one shape
+    achieved |= {f"{k}_dense": v for k, v in per_token_costs(geos, element).items()}  # all dense layers
     return PruningPlan(
         layers=done.layers,
         dense_shapes=[g.shape for g in geos],

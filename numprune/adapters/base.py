@@ -7,10 +7,14 @@ this Protocol, so one pipeline prunes Hugging Face LLaMA-family models and Llama
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from numprune.plan import LayerPlan
 
 SHAPE_FIELDS = ("hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate")
 
@@ -106,8 +110,10 @@ def per_token_costs(geos: list[LayerGeometry], element_size: int, context: int =
     }
 
 
-def per_token_record(dense: list[LayerGeometry], kept: list[LayerGeometry], element_size: int) -> dict[str, int]:
-    """``per_token_costs`` of a pruned model and of its dense original (``*_dense``), for a plan's ``achieved``."""
+def per_token_record(dense: list[LayerGeometry], plans: Sequence[LayerPlan], element_size: int) -> dict[str, int]:
+    """``per_token_costs`` of a pruned model (the dense layers with the heads and channels ``plans`` keep) and of
+    its dense original (``*_dense``): what a plan's ``achieved`` records next to the parameter ratio."""
+    kept = [g.kept(len(p.heads), len(p.kv_heads), len(p.channels)) for g, p in zip(dense, plans)]
     record = per_token_costs(kept, element_size)
     record |= {f"{k}_dense": v for k, v in per_token_costs(dense, element_size).items()}
     return record | {"attn_flops_context": FLOPS_CONTEXT}
