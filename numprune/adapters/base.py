@@ -6,8 +6,8 @@ this Protocol, so one pipeline prunes Hugging Face LLaMA-family models and Llama
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
