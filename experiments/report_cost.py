@@ -214,6 +214,7 @@ def plot(w: pd.DataFrame, png: str) -> None:
         if lab in labels:
             ax.plot([r.prune_over_dense_pass], [labels.index(lab)], "k*", ms=10)
     ax.axvline(1.0, color="grey", lw=0.8)
+    ax.set_xlim(0, max([*bottom, 1.0]) * 1.45)  # room for the legend
     ax.set_xlabel("prune time in dense calibration passes (black star: before)")
     ax.legend(fontsize=6, loc="upper right")
     ax.tick_params(axis="y", labelsize=6)
