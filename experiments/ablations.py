@@ -1,6 +1,9 @@
-"""Issue 3's ablations of numerical pruning on SmolLM2-135M (20% and 40%), one CSV per ablation.
+"""Issue 3's ablations of numerical pruning on SmolLM2-135M (20% and 40%), one CSV per ablation; issue 13's
+head/channel exchange rate (``--only exchange``: 10-50% from numprune's defaults, decode speed paired with dense).
 
     PYTHONPATH=. NUMPRUNE_DATA_DIR=../shared/data python experiments/ablations.py --threads 1 [--only damp lam]
+    PYTHONPATH=. NUMPRUNE_DATA_DIR=../shared/data python experiments/ablations.py --threads 1 --only exchange \
+        [--ratios 0.3 0.5] [--labels alpha error]
 
 Same protocol as experiments/quality_benchmark.py (32 x 256 calibration windows of WikiText-2 validation,
 seed 0; ratio of attention+MLP parameters). Defaults are chosen on the held-out PTB *validation* split (first
@@ -16,6 +19,7 @@ import os
 
 import torch
 
+from numprune.evaluators import Evaluator
 from numprune.methods.numerical import PAPER_READING, Numerical
 from numprune.points import text_point
 from numprune.runner import Runner
@@ -50,22 +54,60 @@ ABLATIONS: dict[str, list[tuple[str, dict, int]]] = {
 }
 
 
+# Issue 13: how heads and channels are compared, from numprune's defaults (query heads within KV groups,
+# sequential compensation, damp 0.1); the test splits are reported, PTB validation chooses.
+EXCHANGE = [
+    ("alpha", {"head_scaling": "alpha"}),  # the paper's alpha (numprune's default before issue 13)
+    ("none", {"head_scaling": "none"}),
+    ("error", {"head_scaling": "error"}),  # refit error per parameter, greedy curves (numprune.exchange)
+    ("error-absolute", {"head_scaling": "error", "error_norm": "absolute"}),  # raw errors across layers
+    ("error+groups", {"head_scaling": "error", "gqa": "groups"}),  # ... over whole KV groups (KV cache goes)
+    ("error[numerical-order]", {"head_scaling": "error", "error_order": "numerical"}),  # Algorithm 1's order
+]
+EXCHANGE_BASE = {"gqa": "query", "compensation": "sequential", "damp": 0.1}
+EXCHANGE_RATIOS = (0.3, 0.5, 0.1, 0.2, 0.4)
+EXCHANGE_EVALS = ("ptb:validation", "wikitext2", "ptb")
+# decode tokens/s at batch 1 (64-token prompt, 32 new tokens), alternating with the dense model in one process
+SPEED = Evaluator("speed", "numprune.eval.speed.paired_decode", {"dense": "smollm2"})
+
+
+def exchange(ratios: list[float], labels: list[str], data_dir: str) -> None:
+    """The exchange ablation: a dense point, then every label at every ratio (ratio-major: a partial grid has
+    every rule at the first ratios); rows to results/ablation_exchange.csv (resumable)."""
+    runner = Runner("results/ablation_exchange.csv", evaluators=[SPEED])
+    points = [text_point("ablation-exchange", ratio=0.0, evals=EXCHANGE_EVALS, data_dir=data_dir)]
+    for ratio in ratios:
+        for label, options in EXCHANGE:
+            if label in labels:
+                points.append(text_point(
+                    "ablation-exchange", ratio=ratio, options={**EXCHANGE_BASE, **options}, evals=EXCHANGE_EVALS,
+                    label=f"numerical[{label}]", share_stats=True, data_dir=data_dir,
+                ))  # fmt: skip
+    for row in runner.run(points):
+        what = (row["method"], row["ratio"], row["metric"], row.get("eval_dataset", ""), f"{row['value']:.4g}")
+        print("exchange", *what, row.get("heads_pruned", ""), row.get("kv_bytes_per_token", ""), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("NUMPRUNE_DATA_DIR", "../shared/data"))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", nargs="+", default=list(ABLATIONS))
-    parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
+    parser.add_argument("--only", nargs="+", default=[*ABLATIONS, "exchange"], choices=[*ABLATIONS, "exchange"])
+    parser.add_argument("--ratios", nargs="+", type=float, help=f"default {RATIOS} ({EXCHANGE_RATIOS} for exchange)")
+    parser.add_argument("--labels", nargs="+", default=[e[0] for e in EXCHANGE], help="exchange rules to run")
     parser.add_argument("--base", default=json.dumps(BASE), help="JSON options every point starts from")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if "exchange" in args.only:
+        exchange(args.ratios or list(EXCHANGE_RATIOS), args.labels, args.data_dir)
+    args.only = [name for name in args.only if name != "exchange"]
     base = json.loads(args.base)
     if "damp" not in base:
         base["damp"] = Numerical.default_damp
     runners = {name: Runner(f"results/ablation_{name}.csv") for name in args.only}  # one dense-stats cache each
 
     for name in args.only:
-        for ratio in args.ratios:
+        for ratio in args.ratios or RATIOS:
             for label, options, nsamples in ABLATIONS[name]:
                 p = text_point(
                     f"ablation-{name}",

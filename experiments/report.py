@@ -3,6 +3,7 @@
 PYTHONPATH=. python experiments/report.py quality      # prints the tables of results/quality_smollm2.csv
 PYTHONPATH=. python experiments/report.py readme [CSV]  # the README's two test-set tables (default: the same CSV)
 PYTHONPATH=. python experiments/report.py ablations    # one table per results/ablation_*.csv
+PYTHONPATH=. python experiments/report.py exchange     # issue 13's table (results/ablation_exchange.csv)
 PYTHONPATH=. python experiments/report.py table results/smollm2_numerical.csv   # any results CSV: ppl per method
 """
 
@@ -97,6 +98,36 @@ def ablations(folder: str = "results") -> str:
     return "\n".join(out)
 
 
+def exchange(path: str = "results/ablation_exchange.csv") -> str:
+    """One row per rule and ratio: perplexities (and x dense), heads pruned, KV cache and attention FLOPs kept
+    (fractions of dense), decode tokens/s of the pruned model against the dense one measured alongside."""
+    df = pd.read_csv(path)
+    ppl = _ppl(df)
+    dense = ppl[ppl.method == "dense"].set_index("eval_dataset").value
+    cols = {"ptb:validation": "PTB val", "wikitext2": "WT2 test", "ptb": "PTB test"}
+    t = ppl.pivot_table(index=["ratio", "method"], columns="eval_dataset", values="value", aggfunc="last")
+    out = t[list(cols)].rename(columns=cols)
+    for ev, name in cols.items():
+        if ev != "ptb:validation":
+            out[f"{name} x dense"] = t[ev] / dense[ev]
+    first = df[df.metric == "ppl"].groupby(["ratio", "method"])
+    dense_row = df[(df.method == "dense") & (df.metric == "ppl")].iloc[0]
+    out["heads pruned"] = first.heads_pruned.first()
+    out["KV heads pruned"] = first.kv_heads_pruned.first()
+    out["KV kept"] = first.kv_bytes_per_token.first() / dense_row.kv_bytes_per_token
+    out["attn FLOPs kept"] = first.attn_flops_per_token.first() / dense_row.attn_flops_per_token
+    speed = df[df.eval_dataset == "speed:speed"].pivot_table(
+        index=["ratio", "method"], columns="metric", values="value", aggfunc="last"
+    )
+    if not speed.empty:
+        out["tok/s"] = speed["decode_tokens_per_s"]
+        out["dense tok/s"] = speed["dense_decode_tokens_per_s"]
+        out["speedup"] = speed["decode_speedup"]
+    out = out.drop(index=[i for i in out.index if i[1] == "dense"])
+    head = ", ".join(f"{cols[e]} {dense[e]:.2f}" for e in cols)
+    return f"Dense: {head}; KV cache {int(dense_row.kv_bytes_per_token)} B/token (fp32)\n\n" + md(out.round(3))
+
+
 def perplexity_table(df: pd.DataFrame, eval_dataset: str) -> pd.DataFrame:
     ppl = df[(df.metric == "ppl") & (df.eval_dataset == eval_dataset)]
     return ppl.pivot_table(index="method", columns="ratio", values="value", aggfunc="last").round(2)
@@ -134,4 +165,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["table"]:
         table(sys.argv[2])
     else:
-        print({"quality": quality, "readme": readme}.get(sys.argv[1] if sys.argv[1:] else "", ablations)(*sys.argv[2:]))
+        tables = {"quality": quality, "readme": readme, "exchange": exchange}
+        print(tables.get(sys.argv[1] if sys.argv[1:] else "", ablations)(*sys.argv[2:]))

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from numprune.errors import NumpruneError
 
 Allocation = Literal["global", "uniform"]
-HeadScaling = Literal["alpha", "none"]
+HeadScaling = Literal["alpha", "none", "error"]
 Compensation = Literal["dense", "sequential", "none"]
 # Uniform allocation: attention units (and channels) pruned per layer, int(r * n) as the official FLAP / Wanda-sp /
 # LLM-Pruner codes do ("floor"), or round(r * n) ("nearest": SlimGPT's official code, and ours)
@@ -41,6 +41,13 @@ class PruneConfig:
     ratio_of: Literal["params", "units"] = "params"
     allocation: Allocation | None = None  # None: the method's default
     head_scaling: HeadScaling | None = None  # None: the method's default
+    # head_scaling="error" (numprune.exchange): which removal order the error curves follow, and how many MLP
+    # channels one greedy step removes (1: exact greedy; larger: fewer OBS updates, coarser curve)
+    error_order: Literal["greedy", "numerical"] = "greedy"
+    error_step: int = 8
+    # ... and how layers compare: "layer" divides each layer's errors by its dense output energy (attention +
+    # MLP), "absolute" compares raw errors (early layers, whose outputs are small, then lose most)
+    error_norm: Literal["layer", "absolute"] = "layer"
     # GQA: prune query heads within KV groups (held-out best, docs/ablations.md), or whole KV groups ("groups")
     gqa: Literal["groups", "query"] = "query"
     min_heads: int = 1  # per layer: KV groups kept (gqa="groups"), or query heads kept per group ("query")
@@ -73,7 +80,9 @@ class PruneConfig:
         choices = {
             "ratio_of": ("params", "units"),
             "allocation": ("global", "uniform", None),
-            "head_scaling": ("alpha", "none", None),
+            "head_scaling": ("alpha", "none", "error", None),
+            "error_order": ("greedy", "numerical"),
+            "error_norm": ("layer", "absolute"),
             "gqa": ("groups", "query"),
             "compensation": ("dense", "sequential", "none", None),
             "rounding": ("floor", "nearest", None),
@@ -89,6 +98,8 @@ class PruneConfig:
                 "sequential compensation re-propagates layer by layer: with calibration_mode='streaming' set "
                 "compensation='dense' (or 'none')"
             )
+        if self.error_step < 1:
+            raise NumpruneError(f"error_step must be >= 1, got {self.error_step}")
         if self.calibration_batch < 1:
             raise NumpruneError(f"calibration_batch must be >= 1, got {self.calibration_batch}")
         if (self.damp is not None and self.damp < 0) or self.iters < 1 or (self.lam is not None and self.lam <= 0):

@@ -12,8 +12,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from numprune.adapters import Adapter, get_adapter
-from numprune.adapters.base import LayerGeometry
+from numprune.adapters import Adapter, LayerGeometry, get_adapter, per_token_record
 from numprune.calibrate import InputStats, Reduce, check_calibration
 from numprune.config import PruneConfig, make_config
 from numprune.errors import NumpruneError
@@ -156,6 +155,7 @@ def plan_pruning(
         "channels_pruned": sum(g.intermediate - len(p.channels) for g, p in zip(geos, plans)),
         "model_params_before": params_before,
         "model_params_after": params_before - sel.params_removed,  # apply_plan_ records the exact count
+        **per_token_record(geos, plans, next(model.parameters()).element_size()),  # what the heads bought
         "embedding_params": embedding_params(model),
         "gqa_effective": gqa,
     }

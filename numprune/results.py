@@ -44,6 +44,8 @@ COLUMNS = [
     "heads_pruned",
     "kv_heads_pruned",
     "channels_pruned",
+    "kv_bytes_per_token",  # KV-cache bytes per token of the model as evaluated (dense rows: the dense model)
+    "attn_flops_per_token",  # attention FLOPs per decoded token at 2048 cached tokens (adapters.base)
     "options",
     "versions",
     "git_commit",
@@ -225,6 +227,8 @@ def plan_columns(plan: Any) -> dict[str, Any]:
         "heads_pruned": a.get("heads_pruned", ""),
         "kv_heads_pruned": a.get("kv_heads_pruned", ""),
         "channels_pruned": a.get("channels_pruned", ""),
+        "kv_bytes_per_token": a.get("kv_bytes_per_token", ""),
+        "attn_flops_per_token": a.get("attn_flops_per_token", ""),
         "options": plan.options,
         "versions": plan.versions,
     }

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from numprune.adapters import get_adapter
+from numprune.adapters.base import per_token_costs
 from numprune.errors import NumpruneError
 from numprune.evaluators import Evaluator, evaluator_rows
 from numprune.lit.callbacks import CompensationCallback, ScoringCallback, summary_line
@@ -57,9 +59,13 @@ def _common(module, context: dict[str, Any]) -> dict[str, Any]:
     params = count_params(module.model)
     common = {"model_hash": context.get("model_hash", ""), "git_commit": git_commit()}
     if module.plan is None:
-        return {**common, "params_before": params, "params_after": params, "versions": {"torch": torch.__version__}}
+        adapter = get_adapter(module.model)
+        geos = [adapter.geometry(layer) for layer in adapter.layers(module.model)]
+        costs = per_token_costs(geos, next(module.model.parameters()).element_size())
+        return {**common, "params_before": params, "params_after": params, "versions": {"torch": torch.__version__},
+                **costs}  # fmt: skip
     achieved = ("calib_source", "ratio_achieved", "params_before", "heads_pruned", "kv_heads_pruned",
-                "channels_pruned", "versions")  # fmt: skip
+                "channels_pruned", "kv_bytes_per_token", "attn_flops_per_token", "versions")  # fmt: skip
     plan = plan_columns(module.plan)
     return {**common, **{k: plan[k] for k in achieved}, "params_after": params}
 

@@ -18,7 +18,7 @@ from numprune.adapters.base import LayerGeometry
 
 RatioOf = Literal["params", "units"]
 Allocation = Literal["global", "uniform"]
-HeadScaling = Literal["alpha", "none"]
+HeadScaling = Literal["alpha", "none", "error"]
 Rounding = Literal["floor", "nearest"]
 
 
@@ -93,7 +93,8 @@ def select_units(
     """Choose which units to prune so that ``ratio`` of the params (or units) goes.
 
     Global: every layer's attention scores (times ``alpha`` = attention unit cost / channel cost, the paper's
-    ``4 D_h / 3`` for MHA) and channel scores enter one ascending list; units are pruned in that order, skipping
+    ``4 D_h / 3`` for MHA; ``head_scaling="error"``: scores already per parameter, ``numprune.exchange``) and
+    channel scores enter one ascending list; units are pruned in that order, skipping
     any that would leave a layer below ``min_attn`` / ``min_mlp``, until the target is reached (params: the
     removed count overshoots by less than one unit). Uniform: every layer prunes ``ratio`` (or its entry of
     ``layer_ratios``) of its attention units, ``int(r * n)`` (``rounding="floor"``, the official per-layer codes)
@@ -162,8 +163,8 @@ def _select_global(
 ) -> None:
     if ratio_of not in ("params", "units"):
         raise ValueError(f"ratio_of must be 'params' or 'units', got {ratio_of!r}")
-    if head_scaling not in ("alpha", "none"):
-        raise ValueError(f"head_scaling must be 'alpha' or 'none', got {head_scaling!r}")
+    if head_scaling not in ("alpha", "none", "error"):
+        raise ValueError(f"head_scaling must be 'alpha', 'none' or 'error', got {head_scaling!r}")
     scores, layer_ids, kinds, index, costs = [], [], [], [], []
     for i, lu in enumerate(layers):
         alpha = lu.attn_cost / lu.mlp_cost if head_scaling == "alpha" else 1.0

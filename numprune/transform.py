@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from numprune.adapters import get_adapter
+from numprune.adapters.base import per_token_costs, per_token_record
 from numprune.calibrate import check_calibration
 from numprune.config import PruneConfig
 from numprune.errors import NumpruneError
@@ -49,6 +50,11 @@ def transform_model_(
     seconds = time.perf_counter() - start
     model.train(was_training)
     achieved = {**done.achieved, "model_params_before": params_before, "model_params_after": count_params(model)}
+    # the remaining layers' heads and channels (a sliced residual stream narrows the projections too: their
+    # FLOPs are counted at the dense width, an upper bound)
+    element = next(model.parameters()).element_size()
+    achieved |= per_token_record(geos[:1] * len(done.layers), done.layers, element)  # every layer has one shape
+    achieved |= {f"{k}_dense": v for k, v in per_token_costs(geos, element).items()}  # all dense layers
     return PruningPlan(
         layers=done.layers,
         dense_shapes=[g.shape for g in geos],

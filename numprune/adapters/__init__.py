@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from numprune.adapters.base import Adapter, LayerGeometry
+from numprune.adapters.base import Adapter, LayerGeometry, per_token_record
 from numprune.errors import NumpruneError
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from numprune.adapters.hf_decoder import HFDecoderAdapter
 
-__all__ = ["Adapter", "LayerGeometry", "get_adapter", "hf_adapters", "supported_architectures"]
+__all__ = ["Adapter", "LayerGeometry", "get_adapter", "hf_adapters", "per_token_record", "supported_architectures"]
 
 # module in numprune/adapters -> its adapter class
 HF_FAMILIES = {

@@ -6,11 +6,15 @@ this Protocol, so one pipeline prunes Hugging Face LLaMA-family models and Llama
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from numprune.plan import LayerPlan
 
 SHAPE_FIELDS = ("hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate")
 
@@ -84,10 +88,35 @@ class LayerGeometry:
         proj = 2 * (self.num_heads * self.query_head_params + self.num_kv_heads * self.kv_head_params)
         return proj + 2 * 2 * self.num_heads * self.head_dim * context
 
+    def kept(self, heads: int, kv_heads: int, channels: int) -> LayerGeometry:
+        """This layer with ``heads`` query heads, ``kv_heads`` KV heads and ``channels`` MLP channels left."""
+        return replace(self, num_heads=heads, num_kv_heads=kv_heads, intermediate=channels)
+
     @property
     def gram_elements(self) -> int:
         """Elements of the two Gram matrices of the layer's output projections (o_proj, down_proj inputs)."""
         return (self.num_heads * self.head_dim) ** 2 + self.intermediate**2
+
+
+FLOPS_CONTEXT = 2048  # cached tokens at which results report attention FLOPs per token (the paper's length)
+
+
+def per_token_costs(geos: list[LayerGeometry], element_size: int, context: int = FLOPS_CONTEXT) -> dict[str, int]:
+    """What the attention of a model with these layers costs per generated token: KV-cache bytes
+    (``element_size`` bytes per cached element) and attention FLOPs at ``context`` cached tokens."""
+    return {
+        "kv_bytes_per_token": element_size * sum(g.kv_cache_per_token for g in geos),
+        "attn_flops_per_token": sum(g.attention_flops_per_token(context) for g in geos),
+    }
+
+
+def per_token_record(dense: list[LayerGeometry], plans: Sequence[LayerPlan], element_size: int) -> dict[str, int]:
+    """``per_token_costs`` of a pruned model (the dense layers with the heads and channels ``plans`` keep) and of
+    its dense original (``*_dense``): what a plan's ``achieved`` records next to the parameter ratio."""
+    kept = [g.kept(len(p.heads), len(p.kv_heads), len(p.channels)) for g, p in zip(dense, plans)]
+    record = per_token_costs(kept, element_size)
+    record |= {f"{k}_dense": v for k, v in per_token_costs(dense, element_size).items()}
+    return record | {"attn_flops_context": FLOPS_CONTEXT}
 
 
 class Adapter(Protocol):

@@ -168,6 +168,26 @@ def measure(
                        decode_all=tps, ttft_all=ttft)  # fmt: skip
 
 
+def paired_decode(
+    model: nn.Module, dense: str, *, prompt_len: int = 64, new_tokens: int = 32, reps: int = 3, seed: int = 0
+) -> dict[str, float]:
+    """Decode tokens/s of ``model`` and of the dense model ``dense`` (an alias or folder for
+    ``numprune.hub.load_model``) at batch 1, measured alternately in this process (dense, pruned, dense, ...)
+    so that both see the same machine load; the evaluator ``numprune.eval.speed.paired_decode``."""
+    from numprune.hub import load_model
+
+    ref, _ = load_model(dense, dtype=next(model.parameters()).dtype, device=next(model.parameters()).device)
+    pruned_tps, dense_tps = [], []
+    for _ in range(reps):
+        for m, out in ((ref, dense_tps), (model, pruned_tps)):
+            out.append(
+                measure(m, 1, prompt_len=prompt_len, new_tokens=new_tokens, reps=1, seed=seed).decode_tokens_per_s
+            )
+    del ref
+    pruned, base = statistics.median(pruned_tps), statistics.median(dense_tps)
+    return {"decode_tokens_per_s": pruned, "dense_decode_tokens_per_s": base, "decode_speedup": pruned / base}
+
+
 def _kept_widths(total: int, keep: float, layers: int, round_to: int, jitter: float, seed: int) -> list[int]:
     """Per-layer kept MLP widths averaging ``keep * total``; jittered like a global ranking's uneven
     allocation, then rounded to ``round_to`` (the paper's plans are not uniform, and alignment is the point)."""

@@ -59,6 +59,9 @@ def effective_options(ratio: float, method: str = "numerical", **options: Any) -
     settings = meth.settings()
     if settings:
         out["method_settings"] = settings
+    if out["head_scaling"] != "error":  # the error rule's own options change nothing else
+        for name in ("error_order", "error_step", "error_norm"):
+            out.pop(name)
     return out
 
 

@@ -65,6 +65,7 @@ class Method:
     default_damp: ClassVar[float | None] = None  # when PruneConfig.damp is None (None: the method does not damp)
     default_rounding: ClassVar[Rounding] = "nearest"  # when PruneConfig.rounding is None
     scoring: ClassVar[Scoring] = "dense"
+    error_scores: ClassVar[bool] = False  # whether head_scaling="error" applies (its scores replace the method's)
     repair_kind: ClassVar[Repair] = "slice"
     # scoring "sequential": the MLP is scored on inputs through this layer's already pruned attention (SlimGPT
     # prunes attention, re-runs the layer, then prunes the MLP); the pass calls score_heads, then score_channels
@@ -150,6 +151,11 @@ class Method:
                 raise NumpruneError(f"{self.name} rewrites the model in one layer-by-layer pass: {bad[0]} is refused")
             return
         allocation = cfg.allocation or self.default_allocation
+        if (cfg.head_scaling or self.default_head_scaling) == "error" and not self.error_scores:
+            raise NumpruneError(
+                f"head_scaling='error' ranks by the refit error of numerical's compensation; {self.name} has its "
+                "own scores: use head_scaling='alpha' or 'none'"
+            )
         if self.scoring == "sequential" and allocation == "global":
             raise NumpruneError(
                 f"{self.name} scores each layer through the already pruned ones: it needs allocation='uniform'"

@@ -1,4 +1,8 @@
-"""The paper's method: numerical scores (Algorithm 1) and least-squares compensation (Eq. 11)."""
+"""The paper's method: numerical scores (Algorithm 1) and least-squares compensation (Eq. 11).
+
+``head_scaling="error"`` replaces the scores by the error exchange rate (``numprune.exchange``): each unit's
+refit error per parameter removed, on one scale for heads and channels (docs/method.md).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats
 from numprune.compensate import compensate
 from numprune.config import PruneConfig
+from numprune.exchange import layer_error_scores
 from numprune.methods.base import LayerScores, Method
 from numprune.score import numerical_score, pool_heads
 
@@ -29,6 +34,7 @@ class Numerical(Method):
     default_compensation = "sequential"  # held-out best (docs/ablations.md)
     default_damp = 0.1  # held-out best (docs/ablations.md); SparseGPT uses 0.01
     repair_kind = "refit"
+    error_scores = True
 
     def score(
         self, stats: dict[str, InputStats], o_weight: Tensor, down_weight: Tensor, geo: LayerGeometry, cfg: PruneConfig
@@ -36,8 +42,20 @@ class Numerical(Method):
         def channel_scores(s: InputStats, w: Tensor) -> Tensor:
             return numerical_score(s.gram, w, cfg.ratio, lam=cfg.lam, iters=cfg.iters, box=cfg.box, eps=cfg.eps)
 
-        heads = pool_heads(channel_scores(stats["o_proj"], o_weight), geo.num_heads, geo.head_dim)
-        return LayerScores(heads=heads, channels=channel_scores(stats["down_proj"], down_weight))
+        if (cfg.head_scaling or self.default_head_scaling) != "error":
+            heads = pool_heads(channel_scores(stats["o_proj"], o_weight), geo.num_heads, geo.head_dim)
+            return LayerScores(heads=heads, channels=channel_scores(stats["down_proj"], down_weight))
+        orders: dict[str, Tensor | None] = {"heads_order": None, "channels_order": None}
+        if cfg.error_order == "numerical":  # the curves of Algorithm 1's ranking; only the exchange rate changes
+            o_scores = channel_scores(stats["o_proj"], o_weight)
+            orders = {"heads_order": pool_heads(o_scores, geo.num_heads, geo.head_dim),
+                      "channels_order": channel_scores(stats["down_proj"], down_weight)}  # fmt: skip
+        damp = self.default_damp if cfg.damp is None else cfg.damp
+        heads, channels = layer_error_scores(
+            stats["o_proj"].gram, o_weight, stats["down_proj"].gram, down_weight, geo,
+            gqa=cfg.gqa, damp=damp, per_step=cfg.error_step, norm=cfg.error_norm, **orders,
+        )  # fmt: skip
+        return LayerScores(heads=heads, channels=channels)
 
     def repair(
         self, stats: InputStats | None, weight: Tensor, keep: Tensor, cfg: PruneConfig
