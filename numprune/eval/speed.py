@@ -177,7 +177,8 @@ def paired_decode(
     from numprune.hub import load_model
 
     ref, _ = load_model(dense, dtype=next(model.parameters()).dtype, device=next(model.parameters()).device)
-    pruned_tps, dense_tps = [], []
+    pruned_tps: list[float] = []
+    dense_tps: list[float] = []
     for _ in range(reps):
         for m, out in ((ref, dense_tps), (model, pruned_tps)):
             out.append(
