@@ -7,16 +7,17 @@ scoring pass and the sequential compensation pass use it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from numprune.adapters import Adapter
+from numprune.adapters import Adapter, LayerGeometry
+from numprune.adapters.base import head_columns
 from numprune.errors import NumpruneError
+from numprune.replay import Replay, parent, replaced_forward
 from numprune.stats import GramAccumulator, InputStats, Reduce, check_calibration, record_inputs
 from numprune.timing import stage
 
@@ -40,16 +41,6 @@ class _KwargsRecorder(nn.Module):
         if self.last:
             raise _Captured
         return hidden_states
-
-
-@contextmanager
-def _replaced_forward(module: nn.Module, forward: Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """Run ``forward`` instead of ``module``'s own for the duration of the block (an instance attribute)."""
-    module.forward = forward
-    try:
-        yield
-    finally:
-        del module.forward
 
 
 class LayerwiseRunner:
@@ -77,6 +68,8 @@ class LayerwiseRunner:
         self.reduce, self.stage_name = reduce, stage_name
         self.store = torch.device("cpu") if offload else self.device
         self.bypass_ok: bool | None = None  # see collect_bypassed
+        self.replay_ok: bool | None = None  # see attention_replay
+        self.replay_arity = 0
         self.position = 0  # the layer the samples are at (``walk`` moves it)
         with stage("capture"):
             self.hidden, self.layer_kwargs = self._capture(samples)
@@ -178,33 +171,60 @@ class LayerwiseRunner:
         return self._stats(accs), out
 
     @torch.no_grad()
-    def collect_until(self, layer: nn.Module, index: int, name: str) -> dict[str, InputStats]:
+    def collect_until(
+        self, layer: nn.Module, index: int, name: str, keep_inputs: bool = False
+    ) -> tuple[dict[str, InputStats], list[Tensor] | None]:
         """Input statistics of one output projection; each sample's forward stops at that projection (the
-        rest of the layer is not run)."""
+        rest of the layer is not run). ``keep_inputs``: also return the projection's input of every sample (in
+        the runner's store), which ``collect_bypassed`` can replay instead of running the attention again."""
         module = self._projection(layer, index, name)
         acc = GramAccumulator(f"layer {index} {name}")
+        inputs: list[Tensor] = []
 
         def record_and_stop(x: Tensor) -> Tensor:
             acc.add_batch(x)
+            if keep_inputs:
+                inputs.append(x.to(self.store))
             raise _Captured
 
-        with stage(self.stage_name), _replaced_forward(module, record_and_stop):
+        with stage(self.stage_name), replaced_forward(module, record_and_stop):
             for h in self.hidden:
                 try:
                     self._run(layer, h, index)
                 except _Captured:
                     pass
-        return self._stats({name: acc})
+        return self._stats({name: acc}), inputs if keep_inputs else None
+
+    def attention_replay(
+        self, layer: nn.Module, index: int, inputs: list[Tensor], geo: LayerGeometry, heads: list[int]
+    ) -> Replay | None:
+        """A replay of layer ``index``'s attention after its ``o_proj`` was repaired and cut to the columns of
+        the kept query ``heads``: per sample, the new ``o_proj`` of the recorded dense ``o_proj`` inputs (the attention
+        before ``o_proj`` does not change when only ``o_proj`` does). Checked once per runner on one sample
+        against a real forward; None where it does not hold, or the attention was cut to nothing."""
+        o_proj = self.adapter.out_projections(layer)[0]
+        attention = parent(layer, o_proj) if o_proj is not None else None
+        cols = head_columns(geo, torch.tensor(heads, dtype=torch.long))
+        if o_proj is None or attention is None or not len(cols):
+            return None
+        replay = Replay(attention, o_proj, inputs, cols.to(self.device), self.device)
+        if self.replay_ok is None:
+            with torch.no_grad():
+                self.replay_ok = replay.holds(lambda: self._run(layer, self.hidden[0], index))
+            self.replay_arity = replay.arity
+        replay.arity = self.replay_arity
+        return replay if self.replay_ok else None
 
     @torch.no_grad()
     def collect_bypassed(
-        self, layer: nn.Module, index: int, name: str, keep: Tensor
+        self, layer: nn.Module, index: int, name: str, keep: Tensor, replay: Replay | None = None
     ) -> tuple[dict[str, InputStats], tuple[list[Tensor], list[Tensor]] | None]:
         """Input statistics of one output projection over all samples, run with the projection bypassed (it
         outputs zeros), and per sample the layer output without the projection's term plus the projection's
         input columns ``keep``: ``complete`` then adds the repaired projection's term, which saves a second
         forward through the layer. The identity ``output = bypassed output + projection(input)`` is checked
-        once per runner on one sample; where it does not hold the partial outputs are None (run a forward)."""
+        once per runner on one sample; where it does not hold the partial outputs are None (run a forward).
+        ``replay`` (``attention_replay``): the attention's output is replayed, not computed again."""
         module = self._projection(layer, index, name)
         acc = GramAccumulator(f"layer {index} {name}")
         keep = keep.to(self.device)
@@ -220,8 +240,14 @@ class LayerwiseRunner:
         if not self.bypass_ok:
             stats, _ = self.collect(layer, index, names=(name,))
             return stats, None
-        with stage(self.stage_name), _replaced_forward(module, record_and_bypass):
-            partial = [self._run(layer, h, index).to(self.store) for h in self.hidden]
+        with stage(self.stage_name), replaced_forward(module, record_and_bypass):
+            partial = []
+            for k, h in enumerate(self.hidden):
+                if replay is None:
+                    partial.append(self._run(layer, h, index).to(self.store))
+                    continue
+                with replaced_forward(replay.attention, replay.one(k)):
+                    partial.append(self._run(layer, h, index).to(self.store))
         return self._stats({name: acc}), (partial, kept)
 
     @torch.no_grad()
@@ -236,7 +262,7 @@ class LayerwiseRunner:
             x_in.append(x)
             return torch.zeros_like(own(x))
 
-        with _replaced_forward(module, zero):
+        with replaced_forward(module, zero):
             partial = self._run(layer, self.hidden[0], index)
         rebuilt = partial + module(x_in[0])
         tol = 1e-4 if full.dtype in (torch.float32, torch.float64) else 2e-2

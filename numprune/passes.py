@@ -172,16 +172,17 @@ def sequential_repair_(
     first: dict[str, InputStats] | None = None,
 ) -> list[Tensor] | None:
     """Repair and cut one layer on the inputs that reach it through the already pruned layers: ``o_proj`` from
-    the layer as it is (``first``: its statistics; else each sample runs up to ``o_proj``), then ``down_proj``
-    through the pruned attention with ``down_proj`` bypassed. Returns the outputs (None: run a forward)."""
+    the layer as it is (``first``: its statistics; else each sample runs up to ``o_proj``, inputs kept), then
+    ``down_proj`` through the pruned attention (replayed from those inputs, q/k/v and attention not run again)
+    with ``down_proj`` bypassed. Returns the outputs (None: run a forward)."""
     if not meth.needs_stats(cfg):
         cut_layer_(adapter, meth, cfg, layer, geo, plan, {}, ("attn", "mlp"), output_bias)
         return None
-    if first is None:
-        first = runner.collect_until(layer, i, "o_proj")
+    first, inputs = (first, None) if first is not None else runner.collect_until(layer, i, "o_proj", True)
     cut_layer_(adapter, meth, cfg, layer, geo, plan, first, ("attn",), output_bias)
+    replay = None if inputs is None else runner.attention_replay(layer, i, inputs, geo, plan.heads)
     channels = torch.tensor(plan.channels, dtype=torch.long)
-    second, partial = runner.collect_bypassed(layer, i, "down_proj", channels)
+    second, partial = runner.collect_bypassed(layer, i, "down_proj", channels, replay)
     cut_layer_(adapter, meth, cfg, layer, geo, plan, second, ("mlp",), output_bias)
     return None if partial is None else runner.complete(layer, partial, channels, cfg.mask_only)
 

@@ -14,6 +14,7 @@ from numprune.config import make_config
 from numprune.methods import get_method
 from numprune.passes import cut_layer_
 from numprune.prune import output_bias, plan_pruning
+from numprune.replay import Replay
 from numprune.stats import GramAccumulator
 from tests.conftest import tiny_model
 
@@ -142,3 +143,47 @@ def test_nested_stages_charge_the_innermost():
                 pass
     assert set(t.seconds) == {"forward", "gram"} and t.calls == {"forward": 1, "gram": 1}
     assert timing.active() is None
+
+
+@pytest.mark.parametrize("mask_only", [False, True])
+def test_attention_replay_equals_a_forward_through_the_cut_layer(model, calib, mask_only):
+    """The second sequential forward replays the attention from the recorded ``o_proj`` inputs: for every sample
+    the layer output equals a real forward through the layer whose attention was repaired and cut."""
+    cfg = get_method("numerical").resolve(
+        make_config(0.4, "numerical", mask_only=mask_only, head_scaling="none", progress=False)
+    )
+    plan, _ = plan_pruning(copy.deepcopy(model), calib, cfg)
+    adapter, meth = get_adapter(model), get_method("numerical")
+    runner = LayerwiseRunner(model, adapter, calib, torch.device("cpu"), progress=False)
+    i = min(range(len(plan.layers)), key=lambda i: len(plan.layers[i].heads))  # the layer that lost most heads
+    for layer in adapter.layers(model)[:i]:
+        runner.hidden = runner.forward(layer)
+    layer = adapter.layers(model)[i]
+    geo = adapter.geometry(layer)
+    assert len(plan.layers[i].heads) < geo.num_heads  # the replay is checked on a layer that lost heads
+    first, inputs = runner.collect_until(layer, i, "o_proj", keep_inputs=True)
+    cut_layer_(adapter, meth, cfg, layer, geo, plan.layers[i], first, ("attn",), False)
+    replay = runner.attention_replay(layer, i, inputs, geo, plan.layers[i].heads)
+    cols = torch.cat([torch.arange(h * geo.head_dim, (h + 1) * geo.head_dim) for h in plan.layers[i].heads])
+    assert torch.equal(replay.cols, cols)
+    assert replay is not None and runner.replay_ok
+    real = runner.forward(layer, i)
+    for k, h in enumerate(runner.hidden):
+        replay.attention.forward = replay.one(k)
+        try:
+            got = runner._run(layer, h, i)
+        finally:
+            del replay.attention.forward
+        assert torch.allclose(got, real[k], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_replay_is_refused_where_it_does_not_hold(calib, monkeypatch):
+    """Where the replay identity fails, the attention runs again, with the same result."""
+    model, ref = tiny_model(), tiny_model()
+    monkeypatch.setattr(Replay, "holds", lambda self, run: False)
+    a = prune_(model, ratio=0.4, calibration=calib, progress=False)
+    monkeypatch.undo()
+    b = prune_(ref, ratio=0.4, calibration=calib, progress=False)
+    assert a.layers == b.layers
+    for x, y in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(x, y, rtol=1e-5, atol=1e-6)
