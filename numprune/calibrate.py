@@ -217,17 +217,24 @@ class LayerwiseRunner:
 
     @torch.no_grad()
     def collect_bypassed(
-        self, layer: nn.Module, index: int, name: str, keep: Tensor, replay: Replay | None = None
+        self,
+        layer: nn.Module,
+        index: int,
+        name: str,
+        keep: Tensor,
+        replay: Replay | None = None,
+        kept_rows: bool = False,
     ) -> tuple[dict[str, InputStats], tuple[list[Tensor], list[Tensor]] | None]:
         """Input statistics of one output projection over all samples, run with the projection bypassed (it
         outputs zeros), and per sample the layer output without the projection's term plus the projection's
         input columns ``keep``: ``complete`` then adds the repaired projection's term, which saves a second
         forward through the layer. The identity ``output = bypassed output + projection(input)`` is checked
         once per runner on one sample; where it does not hold the partial outputs are None (run a forward).
-        ``replay`` (``attention_replay``): the attention's output is replayed, not computed again."""
+        ``replay`` (``attention_replay``): the attention's output is replayed, not computed again. ``kept_rows``:
+        the Gram matrix holds only the rows ``keep`` (``InputStats.rows``)."""
         module = self._projection(layer, index, name)
-        acc = GramAccumulator(f"layer {index} {name}")
         keep = keep.to(self.device)
+        acc = GramAccumulator(f"layer {index} {name}", rows=keep if kept_rows else None)
         kept: list[Tensor] = []
 
         def record_and_bypass(x: Tensor) -> Tensor:
@@ -248,6 +255,8 @@ class LayerwiseRunner:
                     continue
                 with replaced_forward(replay.attention, replay.one(k)):
                     partial.append(self._run(layer, h, index).to(self.store))
+        if replay is not None:
+            replay.inputs.clear()  # freed before the MLP's solve
         return self._stats({name: acc}), (partial, kept)
 
     @torch.no_grad()

@@ -19,7 +19,8 @@ def compensate(gram: Tensor, weight: Tensor, keep: Tensor, damp: float = 0.01) -
     """New ``[out, len(keep)]`` weight for the kept input columns of one projection.
 
     Args:
-        gram: ``[in, in]`` Gram matrix of the projection's inputs (any normalisation; damping is relative).
+        gram: ``[in, in]`` Gram matrix of the projection's inputs (any normalisation; damping is relative), or
+            only its kept rows ``G[keep, :]`` (``[len(keep), in]``, in ``keep``'s order): all the refit reads.
         weight: ``[out, in]`` dense weight.
         keep: indices of the kept input columns (any order; the result follows it).
         damp: ``gamma`` as a fraction of ``mean(diag(G_KK))``.
@@ -32,13 +33,16 @@ def compensate(gram: Tensor, weight: Tensor, keep: Tensor, damp: float = 0.01) -
     mask[keep] = False
     prune = mask.nonzero().squeeze(1)
     w = weight.to(device=gram.device, dtype=torch.float64).T  # [in, out]
-    g = gram.to(torch.float64)
     if prune.numel() == 0:
         return weight[:, keep.to(weight.device)].clone()
-    g_kk = g[keep][:, keep]
+    if gram.shape not in ((d, d), (len(keep), d)):
+        raise ValueError(f"gram must be [{d}, {d}] or its kept rows [{len(keep)}, {d}], got {list(gram.shape)}")
+    g = gram.to(torch.float64)
+    g_k = g[keep] if g.shape[0] == d else g  # [K, in]
+    g_kk = g_k[:, keep]
     gamma = damp * g_kk.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
     g_kk.diagonal().add_(gamma)  # g_kk is a copy (advanced indexing); no D x D identity
-    rhs = g[keep][:, prune] @ w[prune]  # [K, out]
+    rhs = g_k[:, prune] @ w[prune]  # [K, out]
     chol, info = torch.linalg.cholesky_ex(g_kk)
     if int(info) == 0:
         delta = torch.cholesky_solve(rhs, chol)

@@ -173,8 +173,8 @@ def sequential_repair_(
 ) -> list[Tensor] | None:
     """Repair and cut one layer on the inputs that reach it through the already pruned layers: ``o_proj`` from
     the layer as it is (``first``: its statistics; else each sample runs up to ``o_proj``, inputs kept), then
-    ``down_proj`` through the pruned attention (replayed from those inputs, q/k/v and attention not run again)
-    with ``down_proj`` bypassed. Returns the outputs (None: run a forward)."""
+    ``down_proj`` (bypassed; only its Gram's kept rows if the repair reads no more) through the pruned attention
+    (replayed from those inputs, q/k/v and attention not run again). Returns the outputs (None: a forward)."""
     if not meth.needs_stats(cfg):
         cut_layer_(adapter, meth, cfg, layer, geo, plan, {}, ("attn", "mlp"), output_bias)
         return None
@@ -182,7 +182,7 @@ def sequential_repair_(
     cut_layer_(adapter, meth, cfg, layer, geo, plan, first, ("attn",), output_bias)
     replay = None if inputs is None else runner.attention_replay(layer, i, inputs, geo, plan.heads)
     channels = torch.tensor(plan.channels, dtype=torch.long)
-    second, partial = runner.collect_bypassed(layer, i, "down_proj", channels, replay)
+    second, partial = runner.collect_bypassed(layer, i, "down_proj", channels, replay, meth.repair_reads_kept_rows)
     cut_layer_(adapter, meth, cfg, layer, geo, plan, second, ("mlp",), output_bias)
     return None if partial is None else runner.complete(layer, partial, channels, cfg.mask_only)
 

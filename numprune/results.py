@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -69,7 +70,13 @@ KEY_COLUMNS = [
 ]
 
 
+CODE_PATHS = (":/numprune", ":/experiments", ":/pyproject.toml")  # what "+dirty" looks at (not results, docs)
+
+
+@functools.cache
 def git_commit(cwd: str | Path | None = None) -> str:
+    """The short commit of the code, ``+dirty`` when the code (not results or docs) differs from it. Cached: the
+    first call of a process records the code it imported (call it when a long run starts)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -79,7 +86,7 @@ def git_commit(cwd: str | Path | None = None) -> str:
             timeout=10,
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
             cwd=cwd or Path(__file__).parent,
             capture_output=True,
             text=True,

@@ -87,6 +87,7 @@ class Runner:
         self.results, self.evaluators, self.save_models = results, list(evaluators), save_models
         self._dense_stats: dict[tuple, list] = {}
         self._classes: dict[tuple[str, ...], Any] = {}  # module and datamodule of a point, before its run
+        git_commit()  # the code this process imported, recorded before any run (cached)
 
     def classes(self, p: Point):
         """The point's module and datamodule (no weights, no trainer), built once."""

@@ -17,19 +17,24 @@ Reduce = Callable[[Tensor], Tensor]  # sums a tensor over processes (all-reduce)
 
 @dataclass
 class InputStats:
-    """Statistics of the inputs of one projection: ``gram = X^T X / n`` and ``mean = 1^T X / n`` (float64)."""
+    """Statistics of the inputs of one projection: ``gram = X^T X / n`` and ``mean = 1^T X / n`` (float64).
+    ``rows``: the Gram matrix holds only these rows, ``X[:, rows]^T X`` (what Eq. 11's refit reads)."""
 
     gram: Tensor
     mean: Tensor
     count: int
+    rows: Tensor | None = None
 
     @property
     def variance(self) -> Tensor:
         """Per-channel input variance (FLAP's fluctuation)."""
+        if self.rows is not None:
+            raise NumpruneError("these statistics hold only some rows of the Gram matrix: no variance")
         return (self.gram.diagonal() - self.mean**2).clamp_min(0.0)
 
     def to(self, device: str | torch.device) -> InputStats:
-        return InputStats(self.gram.to(device), self.mean.to(device), self.count)
+        rows = None if self.rows is None else self.rows.to(device)
+        return InputStats(self.gram.to(device), self.mean.to(device), self.count, rows)
 
 
 def check_calibration(calibration: Tensor) -> Tensor:
@@ -48,11 +53,11 @@ class GramAccumulator:
     a batch is one sample (``seqlen`` tokens), so the float32 rounding of one product is ~1e-6 relative and
     the running sum over samples keeps float64 accuracy (tested against a float64 oracle). A float64 product
     costs 2x or more on CPUs and 32x or more on GPUs. On CUDA, bf16/fp16 activations use TF32 (exact for
-    them, see ``_gram_product``).
+    them, see ``_gram_product``). ``rows``: accumulate only those rows, ``X[:, rows]^T X``.
     """
 
-    def __init__(self, name: str) -> None:
-        self.name, self.count = name, 0
+    def __init__(self, name: str, rows: Tensor | None = None) -> None:
+        self.name, self.count, self.rows = name, 0, rows
         self.xtx: Tensor | None = None
         self.xsum: Tensor | None = None
 
@@ -62,10 +67,12 @@ class GramAccumulator:
             half = x.dtype in (torch.bfloat16, torch.float16)
             if x.dtype != torch.float64:
                 x = x.to(torch.float32)
+            rows = None if self.rows is None else self.rows.to(x.device)
             if self.xtx is None or self.xsum is None:
-                self.xtx = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+                n = x.shape[1] if rows is None else len(rows)
+                self.xtx = torch.zeros(n, x.shape[1], dtype=torch.float64, device=x.device)
                 self.xsum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-            self.xtx += _gram_product(x, tf32=half and x.is_cuda)
+            self.xtx += _gram_product(x, tf32=half and x.is_cuda, rows=rows)
             self.xsum += x.sum(0, dtype=torch.float64)
             self.count += x.shape[0]
 
@@ -82,18 +89,20 @@ class GramAccumulator:
             raise NumpruneError(f"no calibration inputs reached {self.name}")
         if not (torch.isfinite(self.xsum).all() and torch.isfinite(self.xtx.diagonal()).all()):
             raise NumpruneError(f"non-finite activations at the input of {self.name}; check the model and dtype")
-        return InputStats(self.xtx / self.count, self.xsum / self.count, self.count)
+        return InputStats(self.xtx / self.count, self.xsum / self.count, self.count, self.rows)
 
 
-def _gram_product(x: Tensor, tf32: bool) -> Tensor:
-    """``x^T x`` in float32. ``tf32``: on CUDA, inputs that were bf16/fp16 are exactly representable in TF32
-    (10 mantissa bits), so the TF32 tensor cores give the float32 result of exact products, ~8x faster."""
+def _gram_product(x: Tensor, tf32: bool, rows: Tensor | None = None) -> Tensor:
+    """``x^T x`` (``rows``: ``x[:, rows]^T x``) in float32. ``tf32``: on CUDA, inputs that were bf16/fp16 are
+    exactly representable in TF32 (10 mantissa bits), so the TF32 tensor cores give the float32 result of exact
+    products, ~8x faster."""
+    left = x if rows is None else x[:, rows]
     if not tf32:
-        return x.T @ x
+        return left.T @ x
     before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        return x.T @ x
+        return left.T @ x
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from numprune.compensate import compensate, output_error
+from numprune.errors import NumpruneError
+from numprune.stats import GramAccumulator
 
 
 def data(seed=0, n=300, d=10, out=6):
@@ -37,3 +40,22 @@ def test_keep_all_is_identity_and_dtype_preserved():
     w32 = w.float()
     out = compensate((x.T @ x).float(), w32, torch.arange(10))
     assert out.dtype == torch.float32 and torch.equal(out, w32)
+
+
+def test_kept_rows_of_the_gram_give_the_same_refit():
+    """Eq. 11 reads only ``G[K, :]``: the kept rows (in keep's order, any order) give the full-Gram refit; the
+    accumulator's ``rows`` option gives exactly those rows; any other shape is refused."""
+    x, w = data(3)
+    keep = torch.tensor([7, 0, 4, 2, 9, 5])
+    full = compensate(x.T @ x / len(x), w, keep, damp=0.1)
+    acc = GramAccumulator("x", rows=keep)
+    for part in x.split(100):
+        acc.add_batch(part)
+    st = acc.stats()
+    assert st.gram.shape == (6, 10) and torch.equal(st.rows, keep)
+    assert torch.allclose(st.gram, (x.T @ x / len(x))[keep], rtol=1e-12, atol=1e-12)
+    assert torch.allclose(compensate(st.gram, w, keep, damp=0.1), full, rtol=1e-10, atol=1e-12)
+    with pytest.raises(NumpruneError, match="only some rows"):
+        _ = st.variance
+    with pytest.raises(ValueError, match="kept rows"):
+        compensate(st.gram[:5], w, keep)

@@ -187,3 +187,21 @@ def test_attention_replay_is_refused_where_it_does_not_hold(calib, monkeypatch):
     assert a.layers == b.layers
     for x, y in zip(model.parameters(), ref.parameters()):
         assert torch.allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_sequential_pass_accumulates_only_the_kept_rows_of_down_proj(calib, monkeypatch):
+    """The numerical refit reads ``G[K, :]``: the sequential pass hands it down_proj statistics with exactly the
+    kept rows (and o_proj's full Gram); the prune equals the three-forward oracle (test above)."""
+    seen = []
+    repair = get_method("numerical").repair
+
+    def spy(self, stats, weight, keep, cfg):
+        seen.append((tuple(stats.gram.shape), None if stats.rows is None else stats.rows.tolist(), keep.tolist()))
+        return repair(stats, weight, keep, cfg)
+
+    monkeypatch.setattr(type(get_method("numerical")), "repair", spy)
+    plan = prune_(tiny_model(), ratio=0.4, calibration=calib, progress=False)
+    down = [s for s in seen if s[1] is not None]
+    assert len(down) == len(plan.layers) and len(seen) == 2 * len(plan.layers)
+    for (shape, rows, keep), layer in zip(down, plan.layers):
+        assert rows == keep == layer.channels and shape == (len(keep), 96)

@@ -67,6 +67,9 @@ class Method:
     scoring: ClassVar[Scoring] = "dense"
     error_scores: ClassVar[bool] = False  # whether head_scaling="error" applies (its scores replace the method's)
     repair_kind: ClassVar[Repair] = "slice"
+    # whether ``repair`` reads only the kept rows ``G[keep, :]`` of the Gram matrix (the sequential pass then
+    # accumulates only those: ``X_K^T X`` costs K/in of ``X^T X``)
+    repair_reads_kept_rows: ClassVar[bool] = False
     # scoring "sequential": the MLP is scored on inputs through this layer's already pruned attention (SlimGPT
     # prunes attention, re-runs the layer, then prunes the MLP); the pass calls score_heads, then score_channels
     mlp_after_attention: ClassVar[bool] = False

@@ -6,6 +6,7 @@ refit error per parameter removed, on one scale for heads and channels (docs/met
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from numprune.adapters.base import LayerGeometry
@@ -36,6 +37,7 @@ class Numerical(Method):
     default_head_scaling = "none"
     default_damp = 0.1  # held-out best (docs/ablations.md); SparseGPT uses 0.01
     repair_kind = "refit"
+    repair_reads_kept_rows = True  # Eq. 11 reads G[K, :]
     error_scores = True
 
     def score(
@@ -64,4 +66,6 @@ class Numerical(Method):
     ) -> tuple[Tensor, Tensor | None]:
         if stats is None:
             return super().repair(stats, weight, keep, cfg)
+        if stats.rows is not None and not torch.equal(stats.rows.to(keep.device), keep):
+            raise AssertionError("the Gram matrix's rows are not the kept columns")
         return compensate(stats.gram, weight, keep, damp=self.default_damp if cfg.damp is None else cfg.damp), None
