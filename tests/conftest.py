@@ -74,7 +74,7 @@ def inputs():
     return torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(2))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data():
     """``../shared/data``: tests that read it skip on a machine without it, and fail under CI (``CI`` set)."""
     path = os.path.abspath(os.environ.get("NUMPRUNE_DATA_DIR") or SHARED_DATA)
