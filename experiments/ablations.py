@@ -71,17 +71,20 @@ EXCHANGE_EVALS = ("ptb:validation", "wikitext2", "ptb")
 SPEED = Evaluator("speed", "numprune.eval.speed.paired_decode", {"dense": "smollm2"})
 
 
-def exchange(ratios: list[float], labels: list[str], data_dir: str) -> None:
+def exchange(ratios: list[float], labels: list[str], data_dir: str, model: str = "smollm2") -> None:
     """The exchange ablation: a dense point, then every label at every ratio (ratio-major: a partial grid has
-    every rule at the first ratios); rows to results/ablation_exchange.csv (resumable)."""
-    runner = Runner("results/ablation_exchange.csv", evaluators=[SPEED])
-    points = [text_point("ablation-exchange", ratio=0.0, evals=EXCHANGE_EVALS, data_dir=data_dir)]
+    every rule at the first ratios); rows to results/ablation_exchange.csv (another model:
+    results/ablation_exchange_MODEL.csv, without the decode-speed rows; resumable)."""
+    smollm2 = model == "smollm2"
+    runner = Runner(f"results/ablation_exchange{'' if smollm2 else '_' + model}.csv", evaluators=[SPEED] if smollm2 else [])
+    common = dict(evals=EXCHANGE_EVALS, data_dir=data_dir, model=model)
+    points = [text_point("ablation-exchange", ratio=0.0, **common)]  # type: ignore[arg-type]
     for ratio in ratios:
         for label, options in EXCHANGE:
             if label in labels:
                 points.append(text_point(
-                    "ablation-exchange", ratio=ratio, options={**EXCHANGE_BASE, **options}, evals=EXCHANGE_EVALS,
-                    label=f"numerical[{label}]", share_stats=True, data_dir=data_dir,
+                    "ablation-exchange", ratio=ratio, options={**EXCHANGE_BASE, **options},
+                    label=f"numerical[{label}]", share_stats=True, **common,  # type: ignore[arg-type]
                 ))  # fmt: skip
     for row in runner.run(points):
         what = (row["method"], row["ratio"], row["metric"], row.get("eval_dataset", ""), f"{row['value']:.4g}")
@@ -96,10 +99,11 @@ def main() -> None:
     parser.add_argument("--ratios", nargs="+", type=float, help=f"default {RATIOS} ({EXCHANGE_RATIOS} for exchange)")
     parser.add_argument("--labels", nargs="+", default=[e[0] for e in EXCHANGE], help="exchange rules to run")
     parser.add_argument("--base", default=json.dumps(BASE), help="JSON options every point starts from")
+    parser.add_argument("--model", default="smollm2", help="exchange only: smollm2 or gemma3-270m")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if "exchange" in args.only:
-        exchange(args.ratios or list(EXCHANGE_RATIOS), args.labels, args.data_dir)
+        exchange(args.ratios or list(EXCHANGE_RATIOS), args.labels, args.data_dir, args.model)
     args.only = [name for name in args.only if name != "exchange"]
     base = json.loads(args.base)
     if "damp" not in base:
