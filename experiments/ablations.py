@@ -76,7 +76,8 @@ def exchange(ratios: list[float], labels: list[str], data_dir: str, model: str =
     every rule at the first ratios); rows to results/ablation_exchange.csv (another model:
     results/ablation_exchange_MODEL.csv, without the decode-speed rows; resumable)."""
     smollm2 = model == "smollm2"
-    runner = Runner(f"results/ablation_exchange{'' if smollm2 else '_' + model}.csv", evaluators=[SPEED] if smollm2 else [])
+    path = f"results/ablation_exchange{'' if smollm2 else '_' + model}.csv"
+    runner = Runner(path, evaluators=[SPEED] if smollm2 else [])
     common = dict(evals=EXCHANGE_EVALS, data_dir=data_dir, model=model)
     points = [text_point("ablation-exchange", ratio=0.0, **common)]  # type: ignore[arg-type]
     for ratio in ratios:
