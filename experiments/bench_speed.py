@@ -48,7 +48,9 @@ def calibration(tok, path: Path, nsamples: int, seqlen: int, seed: int) -> tuple
         text = path.read_text()[: nsamples * seqlen * 8]  # ~4 chars a token: plenty
         ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
         if ids.numel() >= nsamples * seqlen:
-            info = {"dataset": "wikitext2-valid-tokens", "source": str(path), "seed": seed}
+            from numprune.results import portable
+
+            info = {"dataset": "wikitext2-valid-tokens", "source": portable(path), "seed": seed}
             return ids[: nsamples * seqlen].reshape(nsamples, seqlen), info
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, len(tok), (nsamples, seqlen), generator=gen), {"dataset": "random", "seed": seed}

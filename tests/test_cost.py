@@ -80,11 +80,20 @@ def test_sequential_repair_in_one_forward_equals_the_three_forward_oracle(model,
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
 
 
-def test_bypass_identity_is_checked_and_a_forward_replaces_it_when_false(calib, monkeypatch):
-    """A layer whose output is not ``partial + down_proj(x)`` (here: the identity check reports False) is
-    repaired by the plain forward, with the same result."""
+@pytest.mark.parametrize(
+    "target, name, refuse",
+    [
+        (LayerwiseRunner, "_bypass_identity", lambda self, layer, module, index=None: False),
+        (Replay, "holds", lambda self, run: False),
+    ],
+    ids=["bypass", "replay"],
+)
+def test_a_shortcut_that_does_not_hold_falls_back_to_a_forward(calib, monkeypatch, target, name, refuse):
+    """A layer whose output is not ``partial + down_proj(x)`` (bypass), or whose attention cannot be replayed
+    from its ``o_proj`` inputs (replay), here: the identity check reports False, is repaired by the plain
+    forward, with the same result."""
     model, ref = tiny_model(), tiny_model()
-    monkeypatch.setattr(LayerwiseRunner, "_bypass_identity", lambda self, layer, module, index=None: False)
+    monkeypatch.setattr(target, name, refuse)
     a = prune_(model, ratio=0.4, calibration=calib, progress=False)
     monkeypatch.undo()
     b = prune_(ref, ratio=0.4, calibration=calib, progress=False)
@@ -175,18 +184,6 @@ def test_attention_replay_equals_a_forward_through_the_cut_layer(model, calib, m
         finally:
             del replay.attention.forward
         assert torch.allclose(got, real[k], rtol=1e-5, atol=1e-6)
-
-
-def test_attention_replay_is_refused_where_it_does_not_hold(calib, monkeypatch):
-    """Where the replay identity fails, the attention runs again, with the same result."""
-    model, ref = tiny_model(), tiny_model()
-    monkeypatch.setattr(Replay, "holds", lambda self, run: False)
-    a = prune_(model, ratio=0.4, calibration=calib, progress=False)
-    monkeypatch.undo()
-    b = prune_(ref, ratio=0.4, calibration=calib, progress=False)
-    assert a.layers == b.layers
-    for x, y in zip(model.parameters(), ref.parameters()):
-        assert torch.allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 def test_sequential_pass_accumulates_only_the_kept_rows_of_down_proj(calib, monkeypatch):
