@@ -59,6 +59,7 @@ ABLATIONS: dict[str, list[tuple[str, dict, int]]] = {
 EXCHANGE = [
     ("alpha", {"head_scaling": "alpha"}),  # the paper's alpha (numprune's default before issue 13)
     ("none", {"head_scaling": "none"}),
+    ("split", {"head_scaling": "split"}),  # alpha's per-layer budgets, heads vs channels by refit error
     ("error", {"head_scaling": "error"}),  # refit error per parameter, greedy curves (numprune.exchange)
     ("error-absolute", {"head_scaling": "error", "error_norm": "absolute"}),  # raw errors across layers
     ("error+groups", {"head_scaling": "error", "gqa": "groups"}),  # ... over whole KV groups (KV cache goes)

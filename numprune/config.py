@@ -11,7 +11,7 @@ from typing import Any, Literal
 from numprune.errors import NumpruneError
 
 Allocation = Literal["global", "uniform"]
-HeadScaling = Literal["alpha", "none", "error"]
+HeadScaling = Literal["alpha", "none", "error", "split"]
 Compensation = Literal["dense", "sequential", "none"]
 # Uniform allocation: attention units (and channels) pruned per layer, int(r * n) as the official FLAP / Wanda-sp /
 # LLM-Pruner codes do ("floor"), or round(r * n) ("nearest": SlimGPT's official code, and ours)
@@ -42,7 +42,8 @@ class PruneConfig:
     allocation: Allocation | None = None  # None: the method's default
     head_scaling: HeadScaling | None = None  # None: the method's default
     # head_scaling="error" (numprune.exchange): which removal order the error curves follow, and how many MLP
-    # channels one greedy step removes (1: exact greedy; larger: fewer OBS updates, coarser curve)
+    # channels one greedy step removes (1: exact greedy; larger: fewer OBS updates, coarser curve; "split": the
+    # channel curve's exact points)
     error_order: Literal["greedy", "numerical"] = "greedy"
     error_step: int = 8
     # ... and how layers compare: "layer" divides each layer's errors by its dense output energy (attention +
@@ -80,7 +81,7 @@ class PruneConfig:
         choices = {
             "ratio_of": ("params", "units"),
             "allocation": ("global", "uniform", None),
-            "head_scaling": ("alpha", "none", "error", None),
+            "head_scaling": ("alpha", "none", "error", "split", None),
             "error_order": ("greedy", "numerical"),
             "error_norm": ("layer", "absolute"),
             "gqa": ("groups", "query"),

@@ -199,6 +199,38 @@ def output_energy(gram: Tensor, weight: Tensor) -> float:
     return float(torch.einsum("oi,ij,oj->", w, gram.to(torch.float64), w))
 
 
+def _attention_curve(
+    gram: Tensor, weight: Tensor, geo: LayerGeometry, gqa: str, damp: float, heads_order: Tensor | None
+) -> tuple[list[list[int]], Tensor, int, int]:
+    """The ``o_proj`` removal curve over the selection's attention units (``attention_units``): chosen steps,
+    cumulative errors, the parameters one step removes and the number of units."""
+    h, g, d_h = geo.num_heads, geo.group_size, geo.head_dim
+    head_cols = torch.arange(h * d_h).reshape(h, d_h)
+    if gqa_mode(gqa, geo) == "groups":
+        units, pools, cost = head_cols.reshape(geo.num_kv_heads, g * d_h), None, g * geo.query_head_params
+        cost += geo.kv_head_params
+        order = None if heads_order is None else [[int(u)] for u in heads_order.reshape(-1, g).mean(1).argsort()]
+    else:
+        units, pools = head_cols, [list(range(k * g, (k + 1) * g)) for k in range(geo.num_kv_heads)]
+        cost = geo.num_kv_heads * geo.query_head_params
+        order = None
+        if heads_order is not None:  # the k-th lowest head of every group at step k (as attention_units)
+            ranked = heads_order.reshape(geo.num_kv_heads, g).argsort(dim=1) + torch.arange(0, h, g)[:, None]
+            order = ranked.T[: g - 1].tolist()
+    chosen, err = removal_curve(gram, weight, units, damp=damp, pools=pools, order=order)
+    return chosen, err, cost, units.shape[0]
+
+
+def _channel_curve(
+    gram: Tensor, weight: Tensor, geo: LayerGeometry, damp: float, per_step: int, channels_order: Tensor | None
+) -> tuple[list[list[int]], Tensor]:
+    order = None
+    if channels_order is not None:
+        order = [c.tolist() for c in channels_order.argsort(stable=True).split(per_step)]
+    channels = torch.arange(geo.intermediate)[:, None]
+    return removal_curve(gram, weight, channels, damp=damp, per_step=per_step, order=order)
+
+
 def layer_error_scores(
     o_gram: Tensor,
     o_weight: Tensor,
@@ -229,28 +261,35 @@ def layer_error_scores(
     scale = 1.0
     if norm == "layer":
         scale = output_energy(o_gram, o_weight) + output_energy(down_gram, down_weight)
-    h, g, d_h = geo.num_heads, geo.group_size, geo.head_dim
-    head_cols = torch.arange(h * d_h).reshape(h, d_h)
-    if gqa_mode(gqa, geo) == "groups":
-        units, pools, cost = head_cols.reshape(geo.num_kv_heads, g * d_h), None, g * geo.query_head_params
-        cost += geo.kv_head_params
-        order = None if heads_order is None else [[int(u)] for u in heads_order.reshape(-1, g).mean(1).argsort()]
-    else:
-        units, pools, cost = head_cols, [list(range(k * g, (k + 1) * g)) for k in range(geo.num_kv_heads)], 0
-        cost = geo.num_kv_heads * geo.query_head_params
-        order = None
-        if heads_order is not None:  # the k-th lowest head of every group at step k (as attention_units)
-            ranked = heads_order.reshape(geo.num_kv_heads, g).argsort(dim=1) + torch.arange(0, h, g)[:, None]
-            order = ranked.T[: g - 1].tolist()
-    chosen, err = removal_curve(o_gram, o_weight, units, damp=damp, pools=pools, order=order)
-    unit = unit_scores(chosen, hull_slopes(torch.full((len(chosen),), float(cost)), err / scale), units.shape[0])
-    heads = unit.repeat_interleave(g) if pools is None else unit
-
-    channels = torch.arange(geo.intermediate)[:, None]
-    c_order = None
-    if channels_order is not None:
-        c_order = channels_order.argsort(stable=True).split(per_step)
-        c_order = [c.tolist() for c in c_order]
-    chosen, err = removal_curve(down_gram, down_weight, channels, damp=damp, per_step=per_step, order=c_order)
+    chosen, err, cost, n = _attention_curve(o_gram, o_weight, geo, gqa, damp, heads_order)
+    unit = unit_scores(chosen, hull_slopes(torch.full((len(chosen),), float(cost)), err / scale), n)
+    heads = unit.repeat_interleave(geo.group_size) if gqa_mode(gqa, geo) == "groups" else unit
+    chosen, err = _channel_curve(down_gram, down_weight, geo, damp, per_step, channels_order)
     costs = torch.tensor([len(s) * geo.channel_params for s in chosen], dtype=torch.float64)
     return heads, unit_scores(chosen, hull_slopes(costs, err / scale), geo.intermediate)
+
+
+def layer_error_curves(
+    o_gram: Tensor,
+    o_weight: Tensor,
+    down_gram: Tensor,
+    down_weight: Tensor,
+    geo: LayerGeometry,
+    heads_order: Tensor,
+    channels_order: Tensor,
+    *,
+    gqa: str,
+    damp: float,
+    per_step: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """Cumulative refit errors of a layer along a fixed ranking (``head_scaling="split"``): ``[n_attn + 1]``
+    after removing the ``k`` lowest attention units of ``attention_units(heads_order)``, and ``[I + 1]`` after
+    the ``m`` lowest channels of ``channels_order`` (exact every ``per_step`` channels, linear between).
+    Both are squared errors added to the layer's output, so ``numprune.select.best_split`` can add them."""
+    _, attn, _, _ = _attention_curve(o_gram, o_weight, geo, gqa, damp, heads_order)
+    chosen, err = _channel_curve(down_gram, down_weight, geo, damp, per_step, channels_order)
+    done = torch.tensor([0] + [len(s) for s in chosen], dtype=torch.float64).cumsum(0)
+    m = torch.arange(geo.intermediate + 1, dtype=torch.float64)
+    j = (torch.searchsorted(done, m, right=True) - 1).clamp(max=len(chosen) - 1)
+    frac = (m - done[j]) / (done[j + 1] - done[j])
+    return attn, err[j] + frac * (err[j + 1] - err[j])

@@ -255,9 +255,8 @@ def _layer_units(scores: list[LayerScores], geos: list[LayerGeometry], cfg: Prun
     out = []
     for s, g in zip(scores, geos):
         u, cost, fixed = attention_units(s.heads, g, cfg.gqa)
-        out.append(
-            LayerUnits(attn_scores=u, attn_cost=cost, mlp_scores=s.channels, mlp_cost=g.channel_params, fixed=fixed)
-        )
+        out.append(LayerUnits(attn_scores=u, attn_cost=cost, mlp_scores=s.channels, mlp_cost=g.channel_params,
+                              fixed=fixed, attn_errors=s.head_errors, mlp_errors=s.channel_errors))  # fmt: skip
     return out
 
 

@@ -18,7 +18,7 @@ from numprune.adapters.base import LayerGeometry
 
 RatioOf = Literal["params", "units"]
 Allocation = Literal["global", "uniform"]
-HeadScaling = Literal["alpha", "none", "error"]
+HeadScaling = Literal["alpha", "none", "error", "split"]
 Rounding = Literal["floor", "nearest"]
 
 
@@ -42,6 +42,9 @@ class LayerUnits:
     mlp_cost: int  # parameters removed with one MLP channel
     fixed: int = 0  # attention+MLP parameters no unit can remove (KV heads and one query head per group in
     # query mode): part of the total the ratio is a fraction of
+    # head_scaling="split": cumulative refit errors after removing the k lowest-scored units ([n + 1] each)
+    attn_errors: Tensor | None = None
+    mlp_errors: Tensor | None = None
 
     @property
     def params(self) -> int:
@@ -101,6 +104,9 @@ def select_units(
     or ``round(r * n)`` ("nearest"); the MLP then prunes ``ratio`` of its channels (units) or as many channels as
     bring the layer's removed parameters to ``ratio`` of its own (params: attention units are coarse, e.g. 3 KV
     groups a layer, so the MLP absorbs the rounding and methods compare at equal params), rounded the same way.
+    ``head_scaling="split"``: the ``alpha`` selection fixes the parameters each layer loses, and ``best_split``
+    re-divides them between attention units and channels by the layer's refit errors (``attn_errors``,
+    ``mlp_errors``; the rounding carried from layer to layer, so the total stays within half a channel).
     ``round_to`` then rounds each layer's kept channel count to a multiple (by score within the layer).
     """
     _check(ratio, min_attn, min_mlp, round_to)
@@ -124,11 +130,24 @@ def select_units(
             pruned_attn[i][lu.attn_scores.argsort(stable=True)[:k_a]] = True
             pruned_mlp[i][lu.mlp_scores.argsort(stable=True)[:k_m]] = True
     elif allocation == "global":
+        scaling: HeadScaling = "alpha" if head_scaling == "split" else head_scaling
         _select_global(
-            layers, ratio, ratio_of, head_scaling, min_attn, min_mlp, pruned_attn, pruned_mlp, params_total, units_total
+            layers, ratio, ratio_of, scaling, min_attn, min_mlp, pruned_attn, pruned_mlp, params_total, units_total
         )
     else:
         raise ValueError(f"allocation must be 'global' or 'uniform', got {allocation!r}")
+    if head_scaling == "split":
+        carry = 0.0
+        for i, lu in enumerate(layers):
+            if lu.attn_errors is None or lu.mlp_errors is None:
+                raise ValueError("head_scaling='split' needs every layer's refit-error curves")
+            budget = int(pruned_attn[i].sum()) * lu.attn_cost + int(pruned_mlp[i].sum()) * lu.mlp_cost + carry
+            n_a, n_m = lu.attn_scores.numel(), lu.mlp_scores.numel()
+            k_a, k_m = best_split(lu, budget, max(n_a - min_attn, 0), max(n_m - min_mlp, 0))
+            carry = budget - k_a * lu.attn_cost - k_m * lu.mlp_cost
+            pruned_attn[i][:], pruned_mlp[i][:] = False, False
+            pruned_attn[i][lu.attn_scores.argsort(stable=True)[:k_a]] = True
+            pruned_mlp[i][lu.mlp_scores.argsort(stable=True)[:k_m]] = True
 
     if round_to > 1:
         for i, lu in enumerate(layers):
@@ -164,7 +183,7 @@ def _select_global(
     if ratio_of not in ("params", "units"):
         raise ValueError(f"ratio_of must be 'params' or 'units', got {ratio_of!r}")
     if head_scaling not in ("alpha", "none", "error"):
-        raise ValueError(f"head_scaling must be 'alpha', 'none' or 'error', got {head_scaling!r}")
+        raise ValueError(f"head_scaling must be 'alpha', 'none', 'error' or 'split', got {head_scaling!r}")
     scores, layer_ids, kinds, index, costs = [], [], [], [], []
     for i, lu in enumerate(layers):
         alpha = lu.attn_cost / lu.mlp_cost if head_scaling == "alpha" else 1.0
@@ -191,6 +210,26 @@ def _select_global(
         left[layer][kind] -= 1
         (pruned_attn if kind == 0 else pruned_mlp)[layer][index_l[j]] = True
         removed += costs_l[j] if ratio_of == "params" else 1
+
+
+def best_split(lu: LayerUnits, budget: float, max_attn: int, max_mlp: int) -> tuple[int, int]:
+    """Attention units and channels ``(k_a, k_m)`` to prune from one layer that remove ``budget`` parameters
+    (to the nearest channel) with the least refit error ``attn_errors[k_a] + mlp_errors[k_m]`` (both curves
+    along the units' score order): an exact search over ``k_a``; ties keep fewer attention units."""
+    assert lu.attn_errors is not None and lu.mlp_errors is not None
+    best: tuple[float, int, int] | None = None
+    for k_a in range(max_attn + 1):
+        k_m = math.floor((budget - k_a * lu.attn_cost) / lu.mlp_cost + 0.5)
+        if k_m < 0:
+            break
+        if k_m > max_mlp:
+            continue
+        err = float(lu.attn_errors[k_a] + lu.mlp_errors[k_m])
+        if best is None or err < best[0]:
+            best = (err, k_a, k_m)
+    if best is None:  # the budget exceeds what the minimums allow: as much as they allow
+        return max_attn, max_mlp
+    return best[1], best[2]
 
 
 def _round_kept(scores: Tensor, pruned: Tensor, multiple: int) -> Tensor:

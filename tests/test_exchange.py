@@ -12,9 +12,16 @@ from numprune import prune_
 from numprune.adapters.base import LayerGeometry
 from numprune.compensate import compensate, output_error
 from numprune.errors import NumpruneError
-from numprune.exchange import damped_gram, hull_slopes, layer_error_scores, removal_curve, unit_scores
+from numprune.exchange import (
+    damped_gram,
+    hull_slopes,
+    layer_error_curves,
+    layer_error_scores,
+    removal_curve,
+    unit_scores,
+)
 from numprune.methods import effective_options
-from numprune.select import LayerUnits, attention_units, select_units
+from numprune.select import LayerUnits, attention_units, best_split, select_units
 from tests.conftest import tiny_model
 
 
@@ -201,3 +208,93 @@ def test_error_options_recorded_only_with_the_error_rule():
                head_scaling="error", progress=False)  # fmt: skip
     with pytest.raises(NumpruneError, match="error_step"):
         effective_options(0.2, head_scaling="error", error_step=0)
+
+
+def _dense_layer(seed, geo):
+    g = torch.Generator().manual_seed(seed)
+    d_o = geo.num_heads * geo.head_dim
+
+    def inputs(d):
+        f64 = torch.float64
+        return torch.randn(64, d, generator=g, dtype=f64) @ torch.randn(d, d, generator=g, dtype=f64)
+
+    xo, xd = inputs(d_o), inputs(geo.intermediate)
+    o_w = torch.randn(geo.hidden, d_o, generator=g, dtype=torch.float64)
+    d_w = torch.randn(geo.hidden, geo.intermediate, generator=g, dtype=torch.float64)
+    heads, channels = torch.randn(geo.num_heads, generator=g), torch.randn(geo.intermediate, generator=g)
+    return xo.T @ xo / 64, o_w, xd.T @ xd / 64, d_w, heads, channels
+
+
+@pytest.mark.parametrize("gqa", ["groups", "query"])
+def test_split_is_the_least_refit_error_split_of_the_layer_budget(gqa):
+    """Oracle: for every budget, best_split's (k_a, k_m) has the least sum of exact refit errors (lstsq, both
+    projections) over every split that prunes the k lowest-scored units of each kind within half a channel."""
+    geo = LayerGeometry(hidden=3, num_heads=4, num_kv_heads=2, head_dim=2, intermediate=6)
+    og, ow, dg, dw, heads, channels = _dense_layer(4, geo)
+    a_err, m_err = layer_error_curves(og, ow, dg, dw, geo, heads, channels, gqa=gqa, damp=0.1, per_step=1)
+    units, cost, fixed = attention_units(heads, geo, gqa)
+    lu = LayerUnits(units, cost, channels, geo.channel_params, fixed, a_err, m_err)
+    q_order = heads.reshape(2, 2).argsort(dim=1) + torch.tensor([[0], [2]])  # query mode: k-th lowest per group
+
+    def exact(k_a, k_m):
+        if gqa == "groups":
+            removed = [h for kv in units.argsort()[:k_a].tolist() for h in (2 * kv, 2 * kv + 1)]
+        else:
+            removed = q_order[:, :k_a].reshape(-1).tolist()
+        cols = [c for h in removed for c in (2 * h, 2 * h + 1)]
+        return refit_error(og, ow, cols, 0.1) + refit_error(dg, dw, channels.argsort()[:k_m].tolist(), 0.1)
+
+    n_a = units.numel()
+    for k_a in range(n_a + 1):
+        for k_m in range(7):
+            assert float(a_err[k_a] + m_err[k_m]) == pytest.approx(exact(k_a, k_m), rel=1e-8)
+    for budget in range(0, n_a * cost + 5 * geo.channel_params, 3):
+        k_a, k_m = best_split(lu, budget, n_a, 5)
+        assert abs(k_a * cost + k_m * geo.channel_params - budget) <= geo.channel_params / 2
+        feasible = [exact(a, round((budget - a * cost) / geo.channel_params)) for a in range(n_a + 1)
+                    if 0 <= round((budget - a * cost) / geo.channel_params) <= 5]  # fmt: skip
+        assert exact(k_a, k_m) == pytest.approx(min(feasible), rel=1e-8)
+
+
+def test_channel_curve_is_exact_at_its_steps_and_linear_between():
+    geo = LayerGeometry(hidden=3, num_heads=2, num_kv_heads=2, head_dim=2, intermediate=7)
+    og, ow, dg, dw, heads, channels = _dense_layer(5, geo)
+    _, m3 = layer_error_curves(og, ow, dg, dw, geo, heads, channels, gqa="groups", damp=0.1, per_step=3)
+    _, m1 = layer_error_curves(og, ow, dg, dw, geo, heads, channels, gqa="groups", damp=0.1, per_step=1)
+    assert m3.shape == (8,) and torch.allclose(m3[[0, 3, 6, 7]], m1[[0, 3, 6, 7]], rtol=1e-9)
+    assert m3[4].item() == pytest.approx((2 * m3[3] + m3[6]).item() / 3, rel=1e-12)
+
+
+def test_split_keeps_alpha_budgets_and_moves_them_to_cheap_heads():
+    geo = LayerGeometry(hidden=3, num_heads=2, num_kv_heads=2, head_dim=2, intermediate=8)
+    g = torch.Generator().manual_seed(0)
+    lus = []
+    for layer in range(3):
+        heads, channels = torch.rand(2, generator=g) + 1, torch.rand(8, generator=g)  # alpha prunes channels
+        units, cost, fixed = attention_units(heads, geo, "groups")
+        free = layer == 1  # layer 1's heads cost no error, channels cost 1 each: split prunes its heads
+        a_err = torch.zeros(3) if free else torch.tensor([0.0, 1e9, 2e9])
+        lus.append(LayerUnits(units, cost, channels, geo.channel_params, fixed, a_err, torch.arange(9.0)))
+    alpha = select_units(lus, 0.3, head_scaling="alpha", min_attn=0, min_mlp=0)
+    split = select_units(lus, 0.3, head_scaling="split", min_attn=0, min_mlp=0)
+    assert abs(split.params_removed - alpha.params_removed) <= geo.channel_params / 2
+    assert [k.numel() for k in alpha.kept_attn] == [2, 2, 2]
+    assert [k.numel() for k in alpha.kept_mlp] == [5, 3, 4]
+    # layer 1's budget is 5 channels (45 params): both heads (48) are within half a channel and cost nothing
+    assert [k.numel() for k in split.kept_attn] == [2, 0, 2] and split.kept_mlp[1].numel() == 8
+    for i in (0, 2):  # no cheaper heads: the alpha selection, unchanged
+        assert torch.equal(split.kept_mlp[i], alpha.kept_mlp[i])
+    with pytest.raises(ValueError, match="curves"):
+        select_units([LayerUnits(lus[0].attn_scores, 4, lus[0].mlp_scores, 9)], 0.3, head_scaling="split")
+
+
+@pytest.mark.parametrize("gqa", ["groups", "query"])
+def test_prune_with_split_scaling(gqa, calib):
+    model = tiny_model("llama", 2)
+    plan = prune_(model, calibration=calib, ratio=0.4, head_scaling="split", gqa=gqa, error_step=4, progress=False)
+    assert abs(plan.achieved["params_ratio"] - 0.4) < 0.01
+    assert plan.options["head_scaling"] == "split" and plan.options["error_step"] == 4
+    assert "error_norm" not in plan.options and "error_order" not in plan.options
+    assert model(calib[:1]).logits.isfinite().all()
+    with pytest.raises(NumpruneError, match="head_scaling='split'"):
+        prune_(tiny_model(), calibration=calib, ratio=0.2, method="flap", head_scaling="split", progress=False)

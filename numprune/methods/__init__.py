@@ -59,8 +59,9 @@ def effective_options(ratio: float, method: str = "numerical", **options: Any) -
     settings = meth.settings()
     if settings:
         out["method_settings"] = settings
-    if out["head_scaling"] != "error":  # the error rule's own options change nothing else
-        for name in ("error_order", "error_step", "error_norm"):
+    used = {"error": ("error_order", "error_step", "error_norm"), "split": ("error_step",)}
+    for name in ("error_order", "error_step", "error_norm"):  # the error rules' own options change nothing else
+        if name not in used.get(out["head_scaling"], ()):
             out.pop(name)
     return out
 

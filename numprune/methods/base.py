@@ -42,6 +42,10 @@ class LayerScores:
 
     heads: Tensor
     channels: Tensor
+    # head_scaling="split" (numprune.exchange.layer_error_curves): the layer's cumulative refit errors along
+    # these scores, per attention unit of the selection ([n_attn + 1]) and per channel ([I + 1])
+    head_errors: Tensor | None = None
+    channel_errors: Tensor | None = None
 
 
 @dataclass
@@ -65,7 +69,8 @@ class Method:
     default_damp: ClassVar[float | None] = None  # when PruneConfig.damp is None (None: the method does not damp)
     default_rounding: ClassVar[Rounding] = "nearest"  # when PruneConfig.rounding is None
     scoring: ClassVar[Scoring] = "dense"
-    error_scores: ClassVar[bool] = False  # whether head_scaling="error" applies (its scores replace the method's)
+    # whether head_scaling="error" (its scores replace the method's) and "split" (refit-error curves) apply
+    error_scores: ClassVar[bool] = False
     repair_kind: ClassVar[Repair] = "slice"
     # whether ``repair`` reads only the kept rows ``G[keep, :]`` of the Gram matrix (the sequential pass then
     # accumulates only those: ``X_K^T X`` costs K/in of ``X^T X``)
@@ -154,9 +159,10 @@ class Method:
                 raise NumpruneError(f"{self.name} rewrites the model in one layer-by-layer pass: {bad[0]} is refused")
             return
         allocation = cfg.allocation or self.default_allocation
-        if (cfg.head_scaling or self.default_head_scaling) == "error" and not self.error_scores:
+        scaling = cfg.head_scaling or self.default_head_scaling
+        if scaling in ("error", "split") and not self.error_scores:
             raise NumpruneError(
-                f"head_scaling='error' ranks by the refit error of numerical's compensation; {self.name} has its "
+                f"head_scaling={scaling!r} uses the refit error of numerical's compensation; {self.name} has its "
                 "own scores: use head_scaling='alpha' or 'none'"
             )
         if self.scoring == "sequential" and allocation == "global":

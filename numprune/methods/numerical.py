@@ -1,7 +1,9 @@
 """The paper's method: numerical scores (Algorithm 1) and least-squares compensation (Eq. 11).
 
 ``head_scaling="error"`` replaces the scores by the error exchange rate (``numprune.exchange``): each unit's
-refit error per parameter removed, on one scale for heads and channels (docs/method.md).
+refit error per parameter removed, on one scale for heads and channels (docs/method.md). ``"split"`` keeps the
+``alpha`` ranking's per-layer budgets and re-divides each between heads and channels by the refit errors along
+Algorithm 1's order (``numprune.select.best_split``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats
 from numprune.compensate import compensate
 from numprune.config import PruneConfig
-from numprune.exchange import layer_error_scores
+from numprune.exchange import layer_error_curves, layer_error_scores
 from numprune.methods.base import LayerScores, Method
 from numprune.score import numerical_score, pool_heads
 
@@ -46,15 +48,23 @@ class Numerical(Method):
         def channel_scores(s: InputStats, w: Tensor) -> Tensor:
             return numerical_score(s.gram, w, cfg.ratio, lam=cfg.lam, iters=cfg.iters, box=cfg.box, eps=cfg.eps)
 
-        if (cfg.head_scaling or self.default_head_scaling) != "error":
+        scaling = cfg.head_scaling or self.default_head_scaling
+        damp = self.default_damp if cfg.damp is None else cfg.damp
+        if scaling != "error":
             heads = pool_heads(channel_scores(stats["o_proj"], o_weight), geo.num_heads, geo.head_dim)
-            return LayerScores(heads=heads, channels=channel_scores(stats["down_proj"], down_weight))
+            channels = channel_scores(stats["down_proj"], down_weight)
+            if scaling != "split":
+                return LayerScores(heads=heads, channels=channels)
+            errors = layer_error_curves(
+                stats["o_proj"].gram, o_weight, stats["down_proj"].gram, down_weight, geo, heads, channels,
+                gqa=cfg.gqa, damp=damp, per_step=cfg.error_step,
+            )  # fmt: skip
+            return LayerScores(heads=heads, channels=channels, head_errors=errors[0], channel_errors=errors[1])
         orders: dict[str, Tensor | None] = {"heads_order": None, "channels_order": None}
         if cfg.error_order == "numerical":  # the curves of Algorithm 1's ranking; only the exchange rate changes
             o_scores = channel_scores(stats["o_proj"], o_weight)
             orders = {"heads_order": pool_heads(o_scores, geo.num_heads, geo.head_dim),
                       "channels_order": channel_scores(stats["down_proj"], down_weight)}  # fmt: skip
-        damp = self.default_damp if cfg.damp is None else cfg.damp
         heads, channels = layer_error_scores(
             stats["o_proj"].gram, o_weight, stats["down_proj"].gram, down_weight, geo,
             gqa=cfg.gqa, damp=damp, per_step=cfg.error_step, norm=cfg.error_norm, **orders,
