@@ -1,16 +1,15 @@
 """The error exchange rate (``head_scaling="error"``): every unit of a layer ranked by the output error that its
 removal leaves after the closed-form refit (OBS), per parameter removed (docs/method.md, "Error exchange rate").
 
-Pure tensor functions. For one output projection (``o_proj`` or ``down_proj``, ``W = weight.T`` ``[D, out]``)
-and the damped Gram ``Gd = G + gamma I``, removing the input columns ``S`` and refitting the others
-(compensation, Eq. 11 with a fixed ``gamma``) leaves the objective
+Pure tensor functions. For one output projection (``W = weight.T`` ``[D, out]``) and the damped Gram
+``Gd = G + gamma I``, removing the input columns ``S`` and refitting the others (Eq. 11, fixed ``gamma``) leaves
 
     E(S) = min_{W'_K} tr((W - W')^T Gd (W - W')) = tr(W_S^T ((Gd^{-1})_SS)^{-1} W_S)      (block OBS)
 
-A greedy removal curve removes, step after step, the unit that adds the least ``E`` given the removals so
-far (exact block OBS updates of ``Gd^{-1}`` and of the refit ``W``), so ``E_k`` is the exact refit error of
-the first ``k`` steps' union. Heads and channels then compete on one scale: the slope of the lower convex
-hull of ``(parameters removed, E_k)``, per layer and projection, merged globally in ascending order.
+A greedy removal curve removes, step after step, the unit that adds the least ``E`` (exact block OBS updates
+of ``Gd^{-1}`` and of the refit ``W``), so ``E_k`` is the exact refit error of the first ``k`` steps' union;
+units are ranked by the slope of the lower convex hull of ``(parameters removed, E_k)``. ``layer_error_curves``
+gives the curves along a fixed ranking for ``head_scaling="split"`` (``numprune.select.best_split``).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -86,6 +86,7 @@ def removal_curve(
     per_step: int = 1,
     order: Sequence[Sequence[int]] | None = None,
     steps: int | None = None,
+    undamped: bool = False,
 ) -> tuple[list[list[int]], Tensor]:
     """Sequential OBS removal of the units of one projection; returns the units removed at each step (in the
     order they were chosen) and the cumulative errors ``[steps + 1]`` (``E_0 = 0``).
@@ -99,24 +100,32 @@ def removal_curve(
             and ``per_step`` units a step (the ``per_step`` least errors, removed jointly).
         order: the units each step removes, fixed in advance (the curve of another ranking, e.g. Algorithm 1's).
         steps: how many steps (default: until every unit is gone, or a pool is down to one unit).
+        undamped: the errors are the output errors ``tr(D^T G D)`` of the damped refits (``D = W - W'``), i.e.
+            the objective less ``gamma ||D||^2``, not the damped objective itself.
     """
     n = units.shape[0]
-    hinv = _inverse(damped_gram(gram, damp))
+    gd = damped_gram(gram, damp)
+    gamma = float(gd[0, 0] - gram[0, 0].to(torch.float64)) if undamped else 0.0
+    hinv = _inverse(gd)
     w = weight.to(device=hinv.device, dtype=torch.float64).T.clone()
+    w0, compacted = w.clone(), 0.0  # the dense weight (rows as w's) and ||W_S||^2 of rows compacted away
     units = units.to(hinv.device)
     pos = torch.arange(hinv.shape[0], device=hinv.device)  # original column -> position in the kept matrices
     gone = torch.zeros(pos.numel(), dtype=torch.bool, device=pos.device)
     alive = torch.ones(n, dtype=torch.bool)
 
     def drop(step: list[int]) -> float:
-        nonlocal hinv, w, pos
+        nonlocal hinv, w, w0, pos, compacted
         cols = units[step].reshape(-1)
         added = _remove(hinv, w, pos[cols])
         gone[cols] = True
         zeros = hinv.shape[0] - (gone.numel() - int(gone.sum()))  # removed columns still in the matrices
         if 4 * zeros > hinv.shape[0]:  # compact once a quarter of them is zeros
             kept = (~gone).nonzero().squeeze(1)
-            hinv, w = hinv[pos[kept]][:, pos[kept]], w[pos[kept]]
+            rows = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
+            rows[pos[kept]] = False
+            compacted += float((w0[rows] ** 2).sum())
+            hinv, w, w0 = hinv[pos[kept]][:, pos[kept]], w[pos[kept]], w0[pos[kept]]
             pos = (~gone).cumsum(0) - 1  # removed columns are never looked up again
         return added
 
@@ -130,7 +139,7 @@ def removal_curve(
     total = default_steps if order is None else len(order)
     total = total if steps is None else min(steps, total)
     chosen: list[list[int]] = []
-    errors = [0.0]
+    errors, terms = [0.0], []
     for k in range(total):
         step: list[int] = []
         if order is not None:
@@ -154,7 +163,8 @@ def removal_curve(
         alive[step] = False
         chosen.append(step)
         errors.append(errors[-1] + added)
-    return chosen, torch.tensor(errors, dtype=torch.float64)
+        terms.append(gamma * (compacted + float(((w0 - w) ** 2).sum())))  # gamma ||W - W'||^2 so far
+    return chosen, torch.tensor(errors, dtype=torch.float64) - torch.tensor([0.0, *terms], dtype=torch.float64)
 
 
 def hull_slopes(costs: Tensor, errors: Tensor) -> Tensor:
@@ -200,10 +210,10 @@ def output_energy(gram: Tensor, weight: Tensor) -> float:
 
 
 def _attention_curve(
-    gram: Tensor, weight: Tensor, geo: LayerGeometry, gqa: str, damp: float, heads_order: Tensor | None
+    gram: Tensor, weight: Tensor, geo: LayerGeometry, gqa: str, heads_order: Tensor | None, **opts: Any
 ) -> tuple[list[list[int]], Tensor, int, int]:
     """The ``o_proj`` removal curve over the selection's attention units (``attention_units``): chosen steps,
-    cumulative errors, the parameters one step removes and the number of units."""
+    cumulative errors, the parameters one step removes and the number of units (``opts``: ``removal_curve``'s)."""
     h, g, d_h = geo.num_heads, geo.group_size, geo.head_dim
     head_cols = torch.arange(h * d_h).reshape(h, d_h)
     if gqa_mode(gqa, geo) == "groups":
@@ -217,18 +227,17 @@ def _attention_curve(
         if heads_order is not None:  # the k-th lowest head of every group at step k (as attention_units)
             ranked = heads_order.reshape(geo.num_kv_heads, g).argsort(dim=1) + torch.arange(0, h, g)[:, None]
             order = ranked.T[: g - 1].tolist()
-    chosen, err = removal_curve(gram, weight, units, damp=damp, pools=pools, order=order)
+    chosen, err = removal_curve(gram, weight, units, pools=pools, order=order, **opts)
     return chosen, err, cost, units.shape[0]
 
 
 def _channel_curve(
-    gram: Tensor, weight: Tensor, geo: LayerGeometry, damp: float, per_step: int, channels_order: Tensor | None
+    gram: Tensor, weight: Tensor, geo: LayerGeometry, channels_order: Tensor | None, **opts: Any
 ) -> tuple[list[list[int]], Tensor]:
     order = None
     if channels_order is not None:
-        order = [c.tolist() for c in channels_order.argsort(stable=True).split(per_step)]
-    channels = torch.arange(geo.intermediate)[:, None]
-    return removal_curve(gram, weight, channels, damp=damp, per_step=per_step, order=order)
+        order = [c.tolist() for c in channels_order.argsort(stable=True).split(opts["per_step"])]
+    return removal_curve(gram, weight, torch.arange(geo.intermediate)[:, None], order=order, **opts)
 
 
 def layer_error_scores(
@@ -261,33 +270,28 @@ def layer_error_scores(
     scale = 1.0
     if norm == "layer":
         scale = output_energy(o_gram, o_weight) + output_energy(down_gram, down_weight)
-    chosen, err, cost, n = _attention_curve(o_gram, o_weight, geo, gqa, damp, heads_order)
+    chosen, err, cost, n = _attention_curve(o_gram, o_weight, geo, gqa, heads_order, damp=damp)
     unit = unit_scores(chosen, hull_slopes(torch.full((len(chosen),), float(cost)), err / scale), n)
     heads = unit.repeat_interleave(geo.group_size) if gqa_mode(gqa, geo) == "groups" else unit
-    chosen, err = _channel_curve(down_gram, down_weight, geo, damp, per_step, channels_order)
+    chosen, err = _channel_curve(down_gram, down_weight, geo, channels_order, damp=damp, per_step=per_step)
     costs = torch.tensor([len(s) * geo.channel_params for s in chosen], dtype=torch.float64)
     return heads, unit_scores(chosen, hull_slopes(costs, err / scale), geo.intermediate)
 
 
+# fmt: off
 def layer_error_curves(
-    o_gram: Tensor,
-    o_weight: Tensor,
-    down_gram: Tensor,
-    down_weight: Tensor,
-    geo: LayerGeometry,
-    heads_order: Tensor,
-    channels_order: Tensor,
-    *,
-    gqa: str,
-    damp: float,
-    per_step: int = 1,
+    o_gram: Tensor, o_weight: Tensor, down_gram: Tensor, down_weight: Tensor, geo: LayerGeometry,
+    heads_order: Tensor, channels_order: Tensor, *, gqa: str, damp: float, per_step: int = 1,
 ) -> tuple[Tensor, Tensor]:
+    # fmt: on
     """Cumulative refit errors of a layer along a fixed ranking (``head_scaling="split"``): ``[n_attn + 1]``
     after removing the ``k`` lowest attention units of ``attention_units(heads_order)``, and ``[I + 1]`` after
     the ``m`` lowest channels of ``channels_order`` (exact every ``per_step`` channels, linear between).
-    Both are squared errors added to the layer's output, so ``numprune.select.best_split`` can add them."""
-    _, attn, _, _ = _attention_curve(o_gram, o_weight, geo, gqa, damp, heads_order)
-    chosen, err = _channel_curve(down_gram, down_weight, geo, damp, per_step, channels_order)
+    Both are the output errors of the damped refits (``removal_curve(undamped=True)``), squared errors added to
+    the layer's output, so ``numprune.select.best_split`` can add them."""
+    opts = {"damp": damp, "undamped": True}
+    _, attn, _, _ = _attention_curve(o_gram, o_weight, geo, gqa, heads_order, **opts)
+    chosen, err = _channel_curve(down_gram, down_weight, geo, channels_order, per_step=per_step, **opts)
     done = torch.tensor([0] + [len(s) for s in chosen], dtype=torch.float64).cumsum(0)
     m = torch.arange(geo.intermediate + 1, dtype=torch.float64)
     j = (torch.searchsorted(done, m, right=True) - 1).clamp(max=len(chosen) - 1)

@@ -31,23 +31,25 @@ def _problem(d=8, out=5, n=64, seed=0):
     return x.T @ x / n, torch.randn(out, d, generator=g, dtype=torch.float64)
 
 
-def refit_error(gram, weight, removed, damp):
+def refit_error(gram, weight, removed, damp, undamped=False):
     """Oracle: the damped refit objective ``min tr((W - W')^T Gd (W - W'))`` with the columns ``removed`` of
-    W' zero, by lstsq on a square-root factor of Gd (no OBS formula involved)."""
+    W' zero, by lstsq on a square-root factor of Gd (no OBS formula involved); ``undamped``: the output error
+    ``tr(D^T G D)`` of that refit, ``D = W - W'``."""
     gd = damped_gram(gram, damp)
     lt = torch.linalg.cholesky(gd).T  # Gd = L L^T: the objective is ||L^T (W - W')||^2 over W = weight.T
     w = weight.T.to(torch.float64)
     keep = [i for i in range(gram.shape[0]) if i not in set(removed)]
-    target = lt @ w
-    if not keep:
-        return float((target**2).sum())
-    fit = torch.linalg.lstsq(lt[:, keep], target).solution
-    return float(((target - lt[:, keep] @ fit) ** 2).sum())
+    new = torch.zeros_like(w)
+    if keep:
+        new[keep] = torch.linalg.lstsq(lt[:, keep], lt @ w).solution
+    diff = w - new
+    return float(torch.einsum("io,ij,jo->", diff, gram.to(torch.float64) if undamped else gd, diff))
 
 
+@pytest.mark.parametrize("undamped", [False, True])
 @pytest.mark.parametrize("damp", [0.0, 0.1])
 @pytest.mark.parametrize("kind", ["single", "blocks", "per_step", "pools", "order"])
-def test_curve_is_the_refit_error_of_the_removed_sets(kind, damp):
+def test_curve_is_the_refit_error_of_the_removed_sets(kind, damp, undamped):
     gram, weight = _problem()
     cols = torch.arange(8)[:, None] if kind in ("single", "per_step") else torch.arange(8).reshape(4, 2)
     opts = {"per_step": 3} if kind == "per_step" else {}
@@ -55,12 +57,13 @@ def test_curve_is_the_refit_error_of_the_removed_sets(kind, damp):
         cols, opts = torch.arange(8)[:, None], {"pools": [[0, 1, 2, 3], [4, 5, 6, 7]]}
     if kind == "order":
         opts = {"order": [[2], [0, 3]]}
-    chosen, err = removal_curve(gram, weight, cols, damp=damp, **opts)
+    chosen, err = removal_curve(gram, weight, cols, damp=damp, undamped=undamped, **opts)
     removed: list[int] = []
     assert err[0] == 0
     for k, step in enumerate(chosen, start=1):
         removed += cols[step].reshape(-1).tolist()
-        assert err[k].item() == pytest.approx(refit_error(gram, weight, removed, damp), rel=1e-8, abs=1e-9)
+        want = refit_error(gram, weight, removed, damp, undamped)
+        assert err[k].item() == pytest.approx(want, rel=1e-8, abs=1e-9)
     if kind == "pools":  # a step removes one unit of every pool, and every pool keeps one
         assert all(sorted(u // 4 for u in step) == [0, 1] for step in chosen) and len(chosen) == 3
     if kind == "order":
@@ -227,8 +230,9 @@ def _dense_layer(seed, geo):
 
 @pytest.mark.parametrize("gqa", ["groups", "query"])
 def test_split_is_the_least_refit_error_split_of_the_layer_budget(gqa):
-    """Oracle: for every budget, best_split's (k_a, k_m) has the least sum of exact refit errors (lstsq, both
-    projections) over every split that prunes the k lowest-scored units of each kind within half a channel."""
+    """Oracle: for every budget, best_split's (k_a, k_m) has the least sum of exact output errors after the
+    damped refits (lstsq, both projections) over every split that prunes the k lowest-scored units of each
+    kind within half a channel."""
     geo = LayerGeometry(hidden=3, num_heads=4, num_kv_heads=2, head_dim=2, intermediate=6)
     og, ow, dg, dw, heads, channels = _dense_layer(4, geo)
     a_err, m_err = layer_error_curves(og, ow, dg, dw, geo, heads, channels, gqa=gqa, damp=0.1, per_step=1)
@@ -242,7 +246,8 @@ def test_split_is_the_least_refit_error_split_of_the_layer_budget(gqa):
         else:
             removed = q_order[:, :k_a].reshape(-1).tolist()
         cols = [c for h in removed for c in (2 * h, 2 * h + 1)]
-        return refit_error(og, ow, cols, 0.1) + refit_error(dg, dw, channels.argsort()[:k_m].tolist(), 0.1)
+        pruned = channels.argsort()[:k_m].tolist()
+        return refit_error(og, ow, cols, 0.1, True) + refit_error(dg, dw, pruned, 0.1, True)
 
     n_a = units.numel()
     for k_a in range(n_a + 1):
