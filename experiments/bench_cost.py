@@ -172,7 +172,7 @@ def worker(spec: dict) -> dict:
 
         def run(model=model, comp=comp, timer=timer, holder=holder) -> None:
             kw = dict(ratio=spec["ratio"], calibration=calib, calibration_info=info, compensation=comp, progress=False)
-            kw["device"] = spec["device"]
+            kw.update(device=spec["device"], head_scaling=spec.get("head_scaling", "alpha"))
             if timer is None:
                 holder["plan"] = prune_(model, **kw)
                 return
@@ -261,6 +261,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seqlen", default="256")
     p.add_argument("--compensation", default="sequential,dense")
     p.add_argument("--ratio", type=float, default=0.2)
+    p.add_argument(
+        "--head-scaling",
+        default="alpha",
+        choices=["alpha", "none", "split"],
+        help="results/ rows: alpha, the default before issue 13's split",
+    )
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
@@ -279,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     grid = [(m, int(n), int(s)) for m in args.model.split(",") for n in args.nsamples.split(",")
             for s in args.seqlen.split(",")]  # fmt: skip
     specs = [{"model": m, "layers": args.layers, "nsamples": n, "seqlen": s, "dtype": args.dtype,
-              "device": args.device, "threads": args.threads, "ratio": args.ratio,
+              "device": args.device, "threads": args.threads, "ratio": args.ratio, "head_scaling": args.head_scaling,
               "compensations": args.compensation.split(",")} for m, n, s in grid]  # fmt: skip
     rows = []
     for spec in specs:

@@ -45,9 +45,9 @@ def host() -> str:
     return names[0] if names else platform.machine()
 
 
-def prune_folders(work: Path, ratios: list[float]) -> dict[float, Path]:
+def prune_folders(work: Path, ratios: list[float], head_scaling: str = "alpha") -> dict[float, Path]:
     """Prune with the one runner (saves each model) and return ratio -> folder (0: the dense SmolLM2)."""
-    points = [text_point("gguf", ratio=r) for r in ratios]
+    points = [text_point("gguf", ratio=r, options={"head_scaling": head_scaling}) for r in ratios]
     runner = Runner(work / "prune.csv", save_models=True)
     runner.run(points)  # skips points whose rows exist (a rerun reuses the saved folders)
     folders = {0.0: smollm2_path()}
@@ -76,6 +76,12 @@ def _version(pkg: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5")
+    p.add_argument(
+        "--head-scaling",
+        default="alpha",
+        choices=["alpha", "none", "split"],
+        help="results/ rows: alpha, the default before issue 13's split",
+    )
     p.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "numprune-gguf"))
     p.add_argument("--text", default=None, help="default: $NUMPRUNE_DATA_DIR/wikitext2/wiki.test.raw")
     p.add_argument("--text-bytes", type=int, default=80000)
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
     ratios = [float(r) for r in args.ratios.split(",")]
-    folders = prune_folders(work, ratios)
+    folders = prune_folders(work, ratios, args.head_scaling)
 
     source = Path(args.text or Path(os.environ.get("NUMPRUNE_DATA_DIR", "../shared/data")) / "wikitext2/wiki.test.raw")
     text = source.read_bytes()[: args.text_bytes].decode("utf-8", errors="ignore")

@@ -62,11 +62,20 @@ def prepare_pruned(args, ratio: float, round_to: int) -> Path:
     from numprune.hub import load_model
 
     out = Path(args.work_dir) / f"{args.model.replace('/', '_')}-r{ratio}-k{round_to}"
+    out = out.with_name(out.name + ("" if args.head_scaling == "alpha" else f"-{args.head_scaling}"))
     if (out / "config.json").exists():
         return out
     model, tok = load_model(args.model, dtype=torch.float32)
     calib, info = calibration(tok, Path(args.calib_file), args.calib_nsamples, args.calib_seqlen, args.seed)
-    plan = prune_(model, ratio=ratio, calibration=calib, calibration_info=info, round_to=round_to, progress=False)
+    plan = prune_(
+        model,
+        ratio=ratio,
+        calibration=calib,
+        calibration_info=info,
+        round_to=round_to,
+        head_scaling=args.head_scaling,
+        progress=False,
+    )
     print(f"pruned r={ratio} round_to={round_to}: {plan.summary()}", file=sys.stderr)
     save_pruned(model, out, plan, tokenizer=tok, overwrite=True)
     return out
@@ -172,6 +181,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="smollm2", help="real model to prune with prune_ (alias, hub id or dir)")
     p.add_argument("--config", default=None, help="random-weights shape instead of --model: llama-7b or tiny")
     p.add_argument("--ratios", default="0,0.2,0.5")
+    p.add_argument(
+        "--head-scaling",
+        default="alpha",
+        choices=["alpha", "none", "split"],
+        help="results/ rows: alpha, the default before issue 13's split",
+    )
     p.add_argument("--round-to", default="1,64", help="kept-MLP-width multiples to compare (1 = no rounding)")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--device", default="cpu")

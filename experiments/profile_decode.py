@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="smollm2")
     p.add_argument("--pruned", default=None, help="a saved pruned model (default: prune --model here)")
     p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument(
+        "--head-scaling",
+        default="alpha",
+        choices=["alpha", "none", "split"],
+        help="results/ rows: alpha, the default before issue 13's split",
+    )
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         pruned, _ = load_model(args.model)
         calib = calibration_windows(load_corpus("wikitext2:validation"), tok, 8, 256, seed=0)
-        plan = prune_(pruned, ratio=args.ratio, calibration=calib, progress=False)
+        plan = prune_(pruned, ratio=args.ratio, calibration=calib, head_scaling=args.head_scaling, progress=False)
         with tempfile.TemporaryDirectory() as tmp:  # save and reload: the model bench_speed measures
             save_pruned(pruned, Path(tmp) / "m", plan, tokenizer=tok)
             pruned, _ = load_model(str(Path(tmp) / "m"))
