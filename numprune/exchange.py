@@ -8,8 +8,8 @@ Pure tensor functions. For one output projection (``W = weight.T`` ``[D, out]``)
 
 A greedy removal curve removes, step after step, the unit that adds the least ``E`` (exact block OBS updates
 of ``Gd^{-1}`` and of the refit ``W``), so ``E_k`` is the exact refit error of the first ``k`` steps' union;
-units are ranked by the slope of the lower convex hull of ``(parameters removed, E_k)``. ``layer_error_curves``
-gives the curves along a fixed ranking for ``head_scaling="split"`` (``numprune.select.best_split``).
+units are ranked by the slope of the lower convex hull of ``(parameters removed, E_k)``. The curves along a
+fixed ranking (``head_scaling="split"``) come in one factorisation from ``numprune.curves``.
 """
 
 from __future__ import annotations
@@ -86,7 +86,6 @@ def removal_curve(
     per_step: int = 1,
     order: Sequence[Sequence[int]] | None = None,
     steps: int | None = None,
-    undamped: bool = False,
 ) -> tuple[list[list[int]], Tensor]:
     """Sequential OBS removal of the units of one projection; returns the units removed at each step (in the
     order they were chosen) and the cumulative errors ``[steps + 1]`` (``E_0 = 0``).
@@ -100,32 +99,25 @@ def removal_curve(
             and ``per_step`` units a step (the ``per_step`` least errors, removed jointly).
         order: the units each step removes, fixed in advance (the curve of another ranking, e.g. Algorithm 1's).
         steps: how many steps (default: until every unit is gone, or a pool is down to one unit).
-        undamped: the errors are the output errors ``tr(D^T G D)`` of the damped refits (``D = W - W'``), i.e.
-            the objective less ``gamma ||D||^2``, not the damped objective itself.
     """
     n = units.shape[0]
     gd = damped_gram(gram, damp)
-    gamma = float(gd[0, 0] - gram[0, 0].to(torch.float64)) if undamped else 0.0
     hinv = _inverse(gd)
     w = weight.to(device=hinv.device, dtype=torch.float64).T.clone()
-    w0, compacted = w.clone(), 0.0  # the dense weight (rows as w's) and ||W_S||^2 of rows compacted away
     units = units.to(hinv.device)
     pos = torch.arange(hinv.shape[0], device=hinv.device)  # original column -> position in the kept matrices
     gone = torch.zeros(pos.numel(), dtype=torch.bool, device=pos.device)
     alive = torch.ones(n, dtype=torch.bool)
 
     def drop(step: list[int]) -> float:
-        nonlocal hinv, w, w0, pos, compacted
+        nonlocal hinv, w, pos
         cols = units[step].reshape(-1)
         added = _remove(hinv, w, pos[cols])
         gone[cols] = True
         zeros = hinv.shape[0] - (gone.numel() - int(gone.sum()))  # removed columns still in the matrices
         if 4 * zeros > hinv.shape[0]:  # compact once a quarter of them is zeros
-            kept = (~gone).nonzero().squeeze(1)
-            rows = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
-            rows[pos[kept]] = False
-            compacted += float((w0[rows] ** 2).sum())
-            hinv, w, w0 = hinv[pos[kept]][:, pos[kept]], w[pos[kept]], w0[pos[kept]]
+            kept = pos[(~gone).nonzero().squeeze(1)]
+            hinv, w = hinv[kept][:, kept], w[kept]
             pos = (~gone).cumsum(0) - 1  # removed columns are never looked up again
         return added
 
@@ -139,7 +131,7 @@ def removal_curve(
     total = default_steps if order is None else len(order)
     total = total if steps is None else min(steps, total)
     chosen: list[list[int]] = []
-    errors, terms = [0.0], []
+    errors = [0.0]
     for k in range(total):
         step: list[int] = []
         if order is not None:
@@ -163,8 +155,7 @@ def removal_curve(
         alive[step] = False
         chosen.append(step)
         errors.append(errors[-1] + added)
-        terms.append(gamma * (compacted + float(((w0 - w) ** 2).sum())))  # gamma ||W - W'||^2 so far
-    return chosen, torch.tensor(errors, dtype=torch.float64) - torch.tensor([0.0, *terms], dtype=torch.float64)
+    return chosen, torch.tensor(errors, dtype=torch.float64)
 
 
 def hull_slopes(costs: Tensor, errors: Tensor) -> Tensor:
@@ -276,24 +267,3 @@ def layer_error_scores(
     chosen, err = _channel_curve(down_gram, down_weight, geo, channels_order, damp=damp, per_step=per_step)
     costs = torch.tensor([len(s) * geo.channel_params for s in chosen], dtype=torch.float64)
     return heads, unit_scores(chosen, hull_slopes(costs, err / scale), geo.intermediate)
-
-
-# fmt: off
-def layer_error_curves(
-    o_gram: Tensor, o_weight: Tensor, down_gram: Tensor, down_weight: Tensor, geo: LayerGeometry,
-    heads_order: Tensor, channels_order: Tensor, *, gqa: str, damp: float, per_step: int = 1,
-) -> tuple[Tensor, Tensor]:
-    # fmt: on
-    """Cumulative refit errors of a layer along a fixed ranking (``head_scaling="split"``): ``[n_attn + 1]``
-    after removing the ``k`` lowest attention units of ``attention_units(heads_order)``, and ``[I + 1]`` after
-    the ``m`` lowest channels of ``channels_order`` (exact every ``per_step`` channels, linear between).
-    Both are the output errors of the damped refits (``removal_curve(undamped=True)``), squared errors added to
-    the layer's output, so ``numprune.select.best_split`` can add them."""
-    opts = {"damp": damp, "undamped": True}
-    _, attn, _, _ = _attention_curve(o_gram, o_weight, geo, gqa, heads_order, **opts)
-    chosen, err = _channel_curve(down_gram, down_weight, geo, channels_order, per_step=per_step, **opts)
-    done = torch.tensor([0] + [len(s) for s in chosen], dtype=torch.float64).cumsum(0)
-    m = torch.arange(geo.intermediate + 1, dtype=torch.float64)
-    j = (torch.searchsorted(done, m, right=True) - 1).clamp(max=len(chosen) - 1)
-    frac = (m - done[j]) / (done[j + 1] - done[j])
-    return attn, err[j] + frac * (err[j + 1] - err[j])

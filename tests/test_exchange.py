@@ -11,11 +11,11 @@ import torch
 from numprune import prune_
 from numprune.adapters.base import LayerGeometry
 from numprune.compensate import compensate, output_error
+from numprune.curves import layer_error_curves, ordered_refit_errors
 from numprune.errors import NumpruneError
 from numprune.exchange import (
     damped_gram,
     hull_slopes,
-    layer_error_curves,
     layer_error_scores,
     removal_curve,
     unit_scores,
@@ -46,10 +46,9 @@ def refit_error(gram, weight, removed, damp, undamped=False):
     return float(torch.einsum("io,ij,jo->", diff, gram.to(torch.float64) if undamped else gd, diff))
 
 
-@pytest.mark.parametrize("undamped", [False, True])
 @pytest.mark.parametrize("damp", [0.0, 0.1])
 @pytest.mark.parametrize("kind", ["single", "blocks", "per_step", "pools", "order"])
-def test_curve_is_the_refit_error_of_the_removed_sets(kind, damp, undamped):
+def test_curve_is_the_refit_error_of_the_removed_sets(kind, damp):
     gram, weight = _problem()
     cols = torch.arange(8)[:, None] if kind in ("single", "per_step") else torch.arange(8).reshape(4, 2)
     opts = {"per_step": 3} if kind == "per_step" else {}
@@ -57,17 +56,31 @@ def test_curve_is_the_refit_error_of_the_removed_sets(kind, damp, undamped):
         cols, opts = torch.arange(8)[:, None], {"pools": [[0, 1, 2, 3], [4, 5, 6, 7]]}
     if kind == "order":
         opts = {"order": [[2], [0, 3]]}
-    chosen, err = removal_curve(gram, weight, cols, damp=damp, undamped=undamped, **opts)
+    chosen, err = removal_curve(gram, weight, cols, damp=damp, **opts)
     removed: list[int] = []
     assert err[0] == 0
     for k, step in enumerate(chosen, start=1):
         removed += cols[step].reshape(-1).tolist()
-        want = refit_error(gram, weight, removed, damp, undamped)
+        want = refit_error(gram, weight, removed, damp)
         assert err[k].item() == pytest.approx(want, rel=1e-8, abs=1e-9)
     if kind == "pools":  # a step removes one unit of every pool, and every pool keeps one
         assert all(sorted(u // 4 for u in step) == [0, 1] for step in chosen) and len(chosen) == 3
     if kind == "order":
         assert chosen == [[2], [0, 3]]
+
+
+@pytest.mark.parametrize("undamped", [False, True])
+@pytest.mark.parametrize("damp", [0.0, 0.1])
+def test_ordered_errors_are_the_refit_errors_of_every_prefix(damp, undamped):
+    """Oracle: lstsq refits of every prefix of a fixed order (the damped objective, or the output error of
+    the damped refit), from one Cholesky factor; the order covers part of the columns."""
+    gram, weight = _problem()
+    cols = torch.tensor([5, 0, 7, 2, 3, 6])
+    err = ordered_refit_errors(gram, weight, cols, damp=damp, undamped=undamped)
+    assert err.shape == (7,) and err[0] == 0
+    for m in range(1, 7):
+        want = refit_error(gram, weight, cols[:m].tolist(), damp, undamped)
+        assert err[m].item() == pytest.approx(want, rel=1e-8, abs=1e-9)
 
 
 def test_undamped_curve_is_the_compensation_error():

@@ -42,7 +42,7 @@ class LayerScores:
 
     heads: Tensor
     channels: Tensor
-    # head_scaling="split" (numprune.exchange.layer_error_curves): the layer's cumulative refit errors along
+    # head_scaling="split" (numprune.curves.layer_error_curves): the layer's cumulative refit errors along
     # these scores, per attention unit of the selection ([n_attn + 1]) and per channel ([I + 1])
     head_errors: Tensor | None = None
     channel_errors: Tensor | None = None

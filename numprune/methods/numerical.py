@@ -15,7 +15,8 @@ from numprune.adapters.base import LayerGeometry
 from numprune.calibrate import InputStats
 from numprune.compensate import compensate
 from numprune.config import PruneConfig
-from numprune.exchange import layer_error_curves, layer_error_scores
+from numprune.curves import layer_error_curves
+from numprune.exchange import layer_error_scores
 from numprune.methods.base import LayerScores, Method
 from numprune.score import numerical_score, pool_heads
 

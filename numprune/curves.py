@@ -1,0 +1,85 @@
+"""Refit-error curves along a fixed ranking (``head_scaling="split"``, ``numprune.select.best_split``).
+
+For one output projection (``W = weight.T`` ``[D, out]``, damped Gram ``Gd``, ``H = Gd^{-1}``) and a removal
+order of its input columns, removing the first ``m`` columns ``S`` and refitting the others leaves the damped
+objective ``E_m = tr(W_S^T (H_SS)^{-1} W_S)`` (block OBS, ``numprune.exchange``). With the columns permuted into
+that order and ``H = L L^T`` (Cholesky), ``H_SS = L_m L_m^T`` for the leading ``m x m`` block ``L_m`` of ``L``,
+so with ``Z = L^{-1} W`` (row ``i`` reads rows ``<= i`` only)
+
+    E_m = sum_{i < m} ||Z_i||^2,      D_m = W - W'_m = H_{:,S} H_SS^{-1} W_S = L_{:, :m} Z_{:m},
+
+and ``||D_m||^2 = sum_{i, j < m} (L^T L)_ij (Z Z^T)_ij``: every prefix of the order from one Cholesky, one
+triangular solve and two matrix products, instead of one OBS update per step (``exchange.removal_curve``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from numprune.adapters.base import LayerGeometry
+from numprune.exchange import _inverse, damped_gram
+from numprune.select import gqa_mode
+
+
+def ordered_refit_errors(gram: Tensor, weight: Tensor, cols: Tensor, *, damp: float, undamped: bool = False) -> Tensor:
+    """Refit errors ``[k + 1]`` after removing the first ``m`` of the ``k`` columns ``cols``, for every ``m``.
+
+    ``gram``: ``[D, D]`` Gram matrix of the projection's inputs; ``weight``: ``[out, D]``; ``damp``: relative
+    to ``mean(diag G)``, fixed at the full set's diagonal (``exchange.damped_gram``). ``undamped``: the output
+    errors ``tr(D^T G D)`` of the damped refits (the objective less ``gamma ||D||^2``).
+    """
+    gd = damped_gram(gram, damp)
+    k, n = cols.numel(), gd.shape[0]
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[cols.cpu()] = False
+    perm = torch.cat([cols.cpu(), rest.nonzero().squeeze(1)]).to(gd.device)
+    chol, info = torch.linalg.cholesky_ex(_inverse(gd)[perm][:, perm])
+    if int(info) != 0:
+        raise torch.linalg.LinAlgError("the inverse damped Gram matrix lost positive definiteness")
+    w = weight.to(device=gd.device, dtype=torch.float64).T[perm]
+    z = torch.linalg.solve_triangular(chol, w, upper=False)[:k]
+    zero = z.new_zeros(1)
+    errors = torch.cat([zero, (z**2).sum(dim=1).cumsum(0)])
+    if not undamped:
+        return errors.cpu()
+    gamma = float(gd[0, 0] - gram[0, 0].to(torch.float64))
+    lk = chol[:, :k]
+    terms = (lk.T @ lk) * (z @ z.T)  # ||D_m||^2: the sum of the leading m x m block
+    norms = torch.cat([zero, (2 * terms.tril(-1).sum(dim=1) + terms.diagonal()).cumsum(0)])
+    return (errors - gamma * norms).cpu()
+
+
+def attention_columns(geo: LayerGeometry, gqa: str, heads_order: Tensor) -> tuple[Tensor, int]:
+    """``o_proj`` input columns in the order the selection removes attention units (``select.attention_units``)
+    and the columns one unit removes: whole KV groups by ascending mean score (``groups``), or at step ``k`` the
+    k-th lowest query head of every group (``query``; one head per group always stays)."""
+    h, g, d_h = geo.num_heads, geo.group_size, geo.head_dim
+    head_cols = torch.arange(h * d_h).reshape(h, d_h)
+    if gqa_mode(gqa, geo) == "groups":
+        groups = heads_order.reshape(-1, g).mean(1).argsort()
+        return head_cols.reshape(geo.num_kv_heads, g * d_h)[groups].reshape(-1), g * d_h
+    ranked = heads_order.reshape(geo.num_kv_heads, g).argsort(dim=1) + torch.arange(0, h, g)[:, None]
+    return head_cols[ranked.T[: g - 1].reshape(-1)].reshape(-1), geo.num_kv_heads * d_h
+
+
+# fmt: off
+def layer_error_curves(
+    o_gram: Tensor, o_weight: Tensor, down_gram: Tensor, down_weight: Tensor, geo: LayerGeometry,
+    heads_order: Tensor, channels_order: Tensor, *, gqa: str, damp: float, per_step: int = 1,
+) -> tuple[Tensor, Tensor]:
+    # fmt: on
+    """Output errors of a layer's damped refits along a fixed ranking: ``[n_attn + 1]`` after removing the ``k``
+    lowest attention units of ``attention_units(heads_order)``, and ``[I + 1]`` after the ``m`` lowest channels
+    of ``channels_order`` (ties: stable order), so ``numprune.select.best_split`` can add them.
+
+    The channel curve is exact every ``per_step`` channels and linear between (``PruneConfig.error_step``, 8 by
+    default: the stride the ablation rows were made with; 1 is exact everywhere, at the same cost)."""
+    cols, width = attention_columns(geo, gqa, heads_order)
+    attn = ordered_refit_errors(o_gram, o_weight, cols, damp=damp, undamped=True)[::width]
+    exact = ordered_refit_errors(down_gram, down_weight, channels_order.argsort(stable=True), damp=damp, undamped=True)
+    done = torch.arange(0, geo.intermediate + per_step, per_step).clamp(max=geo.intermediate)
+    m = torch.arange(geo.intermediate + 1)
+    j = (torch.searchsorted(done, m, right=True) - 1).clamp(max=done.numel() - 2)
+    frac = (m - done[j]).to(torch.float64) / (done[j + 1] - done[j]).to(torch.float64)
+    return attn, exact[done[j]] + frac * (exact[done[j + 1]] - exact[done[j]])
