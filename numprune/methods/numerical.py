@@ -37,8 +37,8 @@ class Numerical(Method):
     default_allocation = "global"
     default_compensation = "sequential"  # held-out best (docs/ablations.md)
     # held-out best (docs/ablations.md "exchange"): 4.3% lower geometric-mean PTB-validation perplexity than the
-    # paper's "alpha" on SmolLM2 over 10-50% (9-93 of 270 query heads pruned instead of 0-3), 1.4% higher on
-    # Gemma 3 270M over 20/40/50% (equal at 20 and 40%); "none" was 2.1x worse on Gemma at 50%
+    # paper's "alpha" on SmolLM2 over 10-50% (9-93 of 270 query heads pruned instead of 0-3), 0.8% higher on
+    # Gemma 3 270M over 10-50% (the same models at 10-40%); "none" was 2.1x worse on Gemma at 50%
     default_head_scaling = "split"
     default_damp = 0.1  # held-out best (docs/ablations.md); SparseGPT uses 0.01
     repair_kind = "refit"
