@@ -274,7 +274,7 @@ def _select(
             cfg.ratio,
             ratio_of=cfg.ratio_of,
             allocation=allocation,  # type: ignore[arg-type]
-            head_scaling=cfg.head_scaling or get_method(cfg.method).default_head_scaling,
+            head_scaling=get_method(cfg.method).head_scaling(cfg),
             # query mode: every group keeps >= 1 query head by construction; min_heads counts heads per group
             min_attn=cfg.min_heads if gqa_mode(cfg.gqa, geos[0]) == "groups" else max(cfg.min_heads - 1, 0),
             min_mlp=cfg.min_channels,

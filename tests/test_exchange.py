@@ -316,3 +316,12 @@ def test_prune_with_split_scaling(gqa, calib):
     assert model(calib[:1]).logits.isfinite().all()
     with pytest.raises(NumpruneError, match="head_scaling='split'"):
         prune_(tiny_model(), calibration=calib, ratio=0.2, method="flap", head_scaling="split", progress=False)
+
+
+def test_split_is_numericals_default_for_the_global_ranking_only():
+    """``split`` re-divides the global ranking's per-layer budgets: the default under ``global``, ``alpha``
+    under ``uniform`` (where head scaling changes nothing) unless asked; the paper's reading stays ``alpha``."""
+    assert effective_options(0.2, "numerical")["head_scaling"] == "split"
+    assert effective_options(0.2, "numerical", allocation="uniform")["head_scaling"] == "alpha"
+    assert effective_options(0.2, "numerical", allocation="uniform", head_scaling="split")["head_scaling"] == "split"
+    assert effective_options(0.2, "flap")["head_scaling"] == "none"

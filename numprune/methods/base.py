@@ -84,7 +84,7 @@ class Method:
         return dataclasses.replace(
             cfg,
             allocation=cfg.allocation or self.default_allocation,
-            head_scaling=cfg.head_scaling or self.default_head_scaling,
+            head_scaling=self.head_scaling(cfg),
             compensation=self.compensation(cfg),
             damp=self.default_damp if cfg.damp is None else cfg.damp,
             rounding=cfg.rounding or self.default_rounding,
@@ -143,6 +143,16 @@ class Method:
         """Whether the repaired output projections get a bias."""
         return self.repair_kind == "bias" and self.compensation(cfg) != "none"
 
+    def head_scaling(self, cfg: PruneConfig) -> HeadScaling:
+        """The exchange rate a config runs with. ``split`` re-divides the per-layer budgets of the global ranking;
+        under ``uniform`` allocation (every layer prunes its share of each kind, head scaling changes nothing)
+        a ``split`` default gives way to ``alpha``, and ``split`` runs only when asked."""
+        if cfg.head_scaling is not None:
+            return cfg.head_scaling
+        if self.default_head_scaling == "split" and (cfg.allocation or self.default_allocation) != "global":
+            return "alpha"
+        return self.default_head_scaling
+
     def compensation(self, cfg: PruneConfig) -> Compensation:
         """The compensation a config runs with (its own, or the method's default)."""
         return cfg.compensation or self.default_compensation
@@ -159,7 +169,7 @@ class Method:
                 raise NumpruneError(f"{self.name} rewrites the model in one layer-by-layer pass: {bad[0]} is refused")
             return
         allocation = cfg.allocation or self.default_allocation
-        scaling = cfg.head_scaling or self.default_head_scaling
+        scaling = self.head_scaling(cfg)
         if scaling in ("error", "split") and not self.error_scores:
             raise NumpruneError(
                 f"head_scaling={scaling!r} uses the refit error of numerical's compensation; {self.name} has its "

@@ -51,7 +51,7 @@ class Numerical(Method):
         def channel_scores(s: InputStats, w: Tensor) -> Tensor:
             return numerical_score(s.gram, w, cfg.ratio, lam=cfg.lam, iters=cfg.iters, box=cfg.box, eps=cfg.eps)
 
-        scaling = cfg.head_scaling or self.default_head_scaling
+        scaling = self.head_scaling(cfg)
         damp = self.default_damp if cfg.damp is None else cfg.damp
         if scaling != "error":
             heads = pool_heads(channel_scores(stats["o_proj"], o_weight), geo.num_heads, geo.head_dim)
