@@ -2,7 +2,10 @@
 # One-command GPU check of pruning cost and decode speed (< 10 min on one H100/H200-class GPU); everything it
 # writes is under one folder:
 #
-#   bash experiments/gpu_check.sh [--out DIR] [--device cuda] [--tiny]
+#   bash experiments/gpu_check.sh [--out DIR] [--device cuda] [--tiny] [--head-scaling alpha|split|none]
+#
+# --head-scaling: the exchange rate of every prune (default alpha, as the results/cost.csv and speed.csv rows;
+# split, numerical's default, adds per-layer float64 refit-error curves: docs/cost.md).
 #
 #   DIR/env.txt               GPU, driver, library versions, git commit
 #   DIR/cost.csv, cost.md     prune SmolLM2 (real weights, all 30 layers, 128 x 2048 WikiText-2) and a random
@@ -16,17 +19,18 @@
 #   DIR/speed.md              the speed rows as a table
 #   DIR/log.txt               everything the steps printed
 #
-# --tiny --device cpu runs the same steps on a tiny random shape in seconds (what tests/test_gpu_check.py
+# --tiny --device cpu runs the same steps on a tiny random shape in seconds (what tests/test_bench_cost.py
 # runs); it checks the plumbing, not the numbers.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="gpu_check_out"; device="cuda"; tiny=0
+out="gpu_check_out"; device="cuda"; tiny=0; scaling="alpha"
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out="$2"; shift 2 ;;
     --device) device="$2"; shift 2 ;;
     --tiny) tiny=1; shift ;;
-    *) echo "numprune: error: unknown argument $1 (use --out DIR, --device DEV, --tiny)" >&2; exit 2 ;;
+    --head-scaling) scaling="$2"; shift 2 ;;
+    *) echo "numprune: error: unknown argument $1 (use --out DIR, --device DEV, --tiny, --head-scaling HS)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out"
@@ -59,7 +63,7 @@ fi
 for args in "${cost_runs[@]}"; do
   # shellcheck disable=SC2086
   "$py" experiments/bench_cost.py $args --compensation sequential,dense --ratio 0.5 --dtype "$dtype" \
-    --device "$device" --threads "$threads" --out "$out/cost.csv"
+    --head-scaling "$scaling" --device "$device" --threads "$threads" --out "$out/cost.csv"
 done
 "$py" experiments/report_cost.py cost --csv "$out/cost.csv" --png "$out/cost.png" > "$out/cost.md"
 
@@ -67,7 +71,7 @@ for run in "${speed_runs[@]}"; do
   name="${run%% *}"; args="${run#* }"
   # shellcheck disable=SC2086
   "$py" experiments/bench_speed.py $args --device "$device" --dtype "$dtype" --ratios 0,0.2,0.5 --round-to 64 \
-    --batches 1,16 --prompt-len 64 --threads "$threads" --work-dir "$out/models" \
+    --head-scaling "$scaling" --batches 1,16 --prompt-len 64 --threads "$threads" --work-dir "$out/models" \
     --out "$out/speed_$name.csv" --png "$out/speed_$name.png"
 done
 "$py" experiments/report_cost.py speed "$out"/speed_*.csv > "$out/speed.md"

@@ -74,6 +74,7 @@ def test_gpu_check_tiny_cpu_path_writes_everything(tmp_path):
     cost = read_rows(out / "cost.csv")
     comps = {json.loads(r["options"])["compensation"] for r in cost}
     assert comps == {"sequential", "dense"}
+    assert {json.loads(r["options"])["head_scaling"] for r in cost} == {"alpha"}  # the default --head-scaling
     speed = {r["metric"] for r in read_rows(out / "speed_tiny.csv")}
     assert {"decode_tokens_per_s", "limit_speedup", "speedup_over_limit"} <= speed
     assert not (out / "models").exists()
