@@ -61,8 +61,8 @@ def prepare_pruned(args, ratio: float, round_to: int) -> Path:
     from numprune import prune_, save_pruned
     from numprune.hub import load_model
 
-    out = Path(args.work_dir) / f"{args.model.replace('/', '_')}-r{ratio}-k{round_to}"
-    out = out.with_name(out.name + ("" if args.head_scaling == "alpha" else f"-{args.head_scaling}"))
+    scaling = "" if args.head_scaling == "alpha" else f"-{args.head_scaling}"  # alpha: the folders of before
+    out = Path(args.work_dir) / f"{args.model.replace('/', '_')}-r{ratio}-k{round_to}{scaling}"
     if (out / "config.json").exists():
         return out
     model, tok = load_model(args.model, dtype=torch.float32)

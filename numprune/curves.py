@@ -18,8 +18,7 @@ import torch
 from torch import Tensor
 
 from numprune.adapters.base import LayerGeometry
-from numprune.exchange import _inverse, damped_gram
-from numprune.select import gqa_mode
+from numprune.exchange import attention_steps, damped_gram, gram_inverse
 
 
 def ordered_refit_errors(gram: Tensor, weight: Tensor, cols: Tensor, *, damp: float, undamped: bool = False) -> Tensor:
@@ -34,7 +33,7 @@ def ordered_refit_errors(gram: Tensor, weight: Tensor, cols: Tensor, *, damp: fl
     rest = torch.ones(n, dtype=torch.bool)
     rest[cols.cpu()] = False
     perm = torch.cat([cols.cpu(), rest.nonzero().squeeze(1)]).to(gd.device)
-    chol, info = torch.linalg.cholesky_ex(_inverse(gd)[perm][:, perm])
+    chol, info = torch.linalg.cholesky_ex(gram_inverse(gd)[perm][:, perm])
     if int(info) != 0:
         raise torch.linalg.LinAlgError("the inverse damped Gram matrix lost positive definiteness")
     w = weight.to(device=gd.device, dtype=torch.float64).T[perm]
@@ -50,19 +49,6 @@ def ordered_refit_errors(gram: Tensor, weight: Tensor, cols: Tensor, *, damp: fl
     return (errors - gamma * norms).cpu()
 
 
-def attention_columns(geo: LayerGeometry, gqa: str, heads_order: Tensor) -> tuple[Tensor, int]:
-    """``o_proj`` input columns in the order the selection removes attention units (``select.attention_units``)
-    and the columns one unit removes: whole KV groups by ascending mean score (``groups``), or at step ``k`` the
-    k-th lowest query head of every group (``query``; one head per group always stays)."""
-    h, g, d_h = geo.num_heads, geo.group_size, geo.head_dim
-    head_cols = torch.arange(h * d_h).reshape(h, d_h)
-    if gqa_mode(gqa, geo) == "groups":
-        groups = heads_order.reshape(-1, g).mean(1).argsort()
-        return head_cols.reshape(geo.num_kv_heads, g * d_h)[groups].reshape(-1), g * d_h
-    ranked = heads_order.reshape(geo.num_kv_heads, g).argsort(dim=1) + torch.arange(0, h, g)[:, None]
-    return head_cols[ranked.T[: g - 1].reshape(-1)].reshape(-1), geo.num_kv_heads * d_h
-
-
 # fmt: off
 def layer_error_curves(
     o_gram: Tensor, o_weight: Tensor, down_gram: Tensor, down_weight: Tensor, geo: LayerGeometry,
@@ -75,8 +61,10 @@ def layer_error_curves(
 
     The channel curve is exact every ``per_step`` channels and linear between (``PruneConfig.error_step``, 8 by
     default: the stride the ablation rows were made with; 1 is exact everywhere, at the same cost)."""
-    cols, width = attention_columns(geo, gqa, heads_order)
-    attn = ordered_refit_errors(o_gram, o_weight, cols, damp=damp, undamped=True)[::width]
+    units, _, order, _ = attention_steps(geo, gqa, heads_order)
+    assert order is not None  # an order was given
+    steps = units[torch.tensor(order)].reshape(len(order), -1)  # [steps, columns a step removes]
+    attn = ordered_refit_errors(o_gram, o_weight, steps.reshape(-1), damp=damp, undamped=True)[:: steps.shape[1]]
     exact = ordered_refit_errors(down_gram, down_weight, channels_order.argsort(stable=True), damp=damp, undamped=True)
     done = torch.arange(0, geo.intermediate + per_step, per_step).clamp(max=geo.intermediate)
     m = torch.arange(geo.intermediate + 1)

@@ -34,7 +34,7 @@ def damped_gram(gram: Tensor, damp: float) -> Tensor:
     return g + gamma * torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
 
 
-def _inverse(gd: Tensor) -> Tensor:
+def gram_inverse(gd: Tensor) -> Tensor:
     """``Gd^{-1}`` by Cholesky; a tiny ridge is added (growing 10x) only when ``Gd`` is singular (damp=0)."""
     scale = gd.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
     eye = torch.eye(gd.shape[0], dtype=gd.dtype, device=gd.device)
@@ -102,7 +102,7 @@ def removal_curve(
     """
     n = units.shape[0]
     gd = damped_gram(gram, damp)
-    hinv = _inverse(gd)
+    hinv = gram_inverse(gd)
     w = weight.to(device=hinv.device, dtype=torch.float64).T.clone()
     units = units.to(hinv.device)
     pos = torch.arange(hinv.shape[0], device=hinv.device)  # original column -> position in the kept matrices
@@ -200,24 +200,33 @@ def output_energy(gram: Tensor, weight: Tensor) -> float:
     return float(torch.einsum("oi,ij,oj->", w, gram.to(torch.float64), w))
 
 
-def _attention_curve(
-    gram: Tensor, weight: Tensor, geo: LayerGeometry, gqa: str, heads_order: Tensor | None, **opts: Any
-) -> tuple[list[list[int]], Tensor, int, int]:
-    """The ``o_proj`` removal curve over the selection's attention units (``attention_units``): chosen steps,
-    cumulative errors, the parameters one step removes and the number of units (``opts``: ``removal_curve``'s)."""
+def attention_steps(
+    geo: LayerGeometry, gqa: str, heads_order: Tensor | None
+) -> tuple[Tensor, list[list[int]] | None, list[list[int]] | None, int]:
+    """The selection's attention units of one layer as ``o_proj`` input columns (``attention_units``): the
+    units' columns ``[n, b]``, their pools (``query``: one per KV group), the units each step removes along
+    ``heads_order`` (``groups``: KV groups by ascending mean score; ``query``: at step ``k`` the k-th lowest
+    query head of every group, one per group always stays; ``None`` without an order) and one step's parameters."""
     h, g, d_h = geo.num_heads, geo.group_size, geo.head_dim
     head_cols = torch.arange(h * d_h).reshape(h, d_h)
     if gqa_mode(gqa, geo) == "groups":
-        units, pools, cost = head_cols.reshape(geo.num_kv_heads, g * d_h), None, g * geo.query_head_params
-        cost += geo.kv_head_params
+        cost = g * geo.query_head_params + geo.kv_head_params
         order = None if heads_order is None else [[int(u)] for u in heads_order.reshape(-1, g).mean(1).argsort()]
-    else:
-        units, pools = head_cols, [list(range(k * g, (k + 1) * g)) for k in range(geo.num_kv_heads)]
-        cost = geo.num_kv_heads * geo.query_head_params
-        order = None
-        if heads_order is not None:  # the k-th lowest head of every group at step k (as attention_units)
-            ranked = heads_order.reshape(geo.num_kv_heads, g).argsort(dim=1) + torch.arange(0, h, g)[:, None]
-            order = ranked.T[: g - 1].tolist()
+        return head_cols.reshape(geo.num_kv_heads, g * d_h), None, order, cost
+    pools = [list(range(k * g, (k + 1) * g)) for k in range(geo.num_kv_heads)]
+    order = None
+    if heads_order is not None:
+        ranked = heads_order.reshape(geo.num_kv_heads, g).argsort(dim=1) + torch.arange(0, h, g)[:, None]
+        order = ranked.T[: g - 1].tolist()
+    return head_cols, pools, order, geo.num_kv_heads * geo.query_head_params
+
+
+def _attention_curve(
+    gram: Tensor, weight: Tensor, geo: LayerGeometry, gqa: str, heads_order: Tensor | None, **opts: Any
+) -> tuple[list[list[int]], Tensor, int, int]:
+    """The ``o_proj`` removal curve over the selection's attention units (``attention_steps``): chosen steps,
+    cumulative errors, the parameters one step removes and the number of units (``opts``: ``removal_curve``'s)."""
+    units, pools, order, cost = attention_steps(geo, gqa, heads_order)
     chosen, err = removal_curve(gram, weight, units, pools=pools, order=order, **opts)
     return chosen, err, cost, units.shape[0]
 
