@@ -8,8 +8,12 @@ so with ``Z = L^{-1} W`` (row ``i`` reads rows ``<= i`` only)
 
     E_m = sum_{i < m} ||Z_i||^2,      D_m = W - W'_m = H_{:,S} H_SS^{-1} W_S = L_{:, :m} Z_{:m},
 
-and ``||D_m||^2 = sum_{i, j < m} (L^T L)_ij (Z Z^T)_ij``: every prefix of the order from one Cholesky, one
-triangular solve and two matrix products, instead of one OBS update per step (``exchange.removal_curve``).
+and ``||D_m||^2 = sum_{i, j < m} (L^T L)_ij (Z Z^T)_ij``: every prefix of the order at once, instead of one OBS
+update per step (``exchange.removal_curve``). No inverse is formed: with ``J`` the reversal and
+``J Gd_perm J = M M^T`` (Cholesky, ``M`` lower), ``Gd_perm = (J M J)(J M^T J)``, so ``L^{-1} = J M^T J`` (lower),
+``Z = (J M^T J) W`` is a product and ``L^T L = (L^{-1} L^{-T})^{-1}`` is ``cholesky_inverse`` of ``L^{-1}``: one
+Cholesky, one inverse from its factor and two products per projection (the inverse, a Cholesky of it and a
+triangular solve before: 1.3-2x slower at 1536 columns, the same values to 1e-14).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 from torch import Tensor
 
 from numprune.adapters.base import LayerGeometry
-from numprune.exchange import attention_steps, damped_gram, gram_inverse
+from numprune.exchange import attention_steps, damped_gram, ridged_cholesky
 
 
 def ordered_refit_errors(gram: Tensor, weight: Tensor, cols: Tensor, *, damp: float, undamped: bool = False) -> Tensor:
@@ -29,22 +33,19 @@ def ordered_refit_errors(gram: Tensor, weight: Tensor, cols: Tensor, *, damp: fl
     errors ``tr(D^T G D)`` of the damped refits (the objective less ``gamma ||D||^2``).
     """
     gd = damped_gram(gram, damp)
-    k, n = cols.numel(), gd.shape[0]
-    rest = torch.ones(n, dtype=torch.bool)
+    k, d = cols.numel(), gd.shape[0]
+    rest = torch.ones(d, dtype=torch.bool)
     rest[cols.cpu()] = False
-    perm = torch.cat([cols.cpu(), rest.nonzero().squeeze(1)]).to(gd.device)
-    chol, info = torch.linalg.cholesky_ex(gram_inverse(gd)[perm][:, perm])
-    if int(info) != 0:
-        raise torch.linalg.LinAlgError("the inverse damped Gram matrix lost positive definiteness")
-    w = weight.to(device=gd.device, dtype=torch.float64).T[perm]
-    z = torch.linalg.solve_triangular(chol, w, upper=False)[:k]
+    rev = torch.cat([cols.cpu(), rest.nonzero().squeeze(1)]).flip(0).to(gd.device)
+    linv = ridged_cholesky(gd[rev][:, rev]).flip(0, 1).T  # L^{-1}, lower (module docstring)
+    w = weight.to(device=gd.device, dtype=torch.float64).T[rev.flip(0)[:k]]
+    z = linv[:k, :k] @ w  # Z = L^{-1} W; row i reads rows <= i only
     zero = z.new_zeros(1)
     errors = torch.cat([zero, (z**2).sum(dim=1).cumsum(0)])
     if not undamped:
         return errors.cpu()
     gamma = float(gd[0, 0] - gram[0, 0].to(torch.float64))
-    lk = chol[:, :k]
-    terms = (lk.T @ lk) * (z @ z.T)  # ||D_m||^2: the sum of the leading m x m block
+    terms = torch.cholesky_inverse(linv)[:k, :k] * (z @ z.T)  # (L^T L) o (Z Z^T); ||D_m||^2: block sums
     norms = torch.cat([zero, (2 * terms.tril(-1).sum(dim=1) + terms.diagonal()).cumsum(0)])
     return (errors - gamma * norms).cpu()
 

@@ -35,14 +35,20 @@ def damped_gram(gram: Tensor, damp: float) -> Tensor:
 
 
 def gram_inverse(gd: Tensor) -> Tensor:
-    """``Gd^{-1}`` by Cholesky; a tiny ridge is added (growing 10x) only when ``Gd`` is singular (damp=0)."""
+    """``Gd^{-1}`` by Cholesky (``ridged_cholesky``)."""
+    return torch.cholesky_inverse(ridged_cholesky(gd))
+
+
+def ridged_cholesky(gd: Tensor) -> Tensor:
+    """The lower Cholesky factor of ``Gd``; a tiny ridge is added (growing 10x) only when ``Gd`` is singular
+    (damp=0)."""
     scale = gd.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
-    eye = torch.eye(gd.shape[0], dtype=gd.dtype, device=gd.device)
     rel = 0.0
     for _ in range(12):
-        chol, info = torch.linalg.cholesky_ex(gd + rel * scale * eye)
+        ridged = gd if rel == 0.0 else gd + rel * scale * torch.eye(gd.shape[0], dtype=gd.dtype, device=gd.device)
+        chol, info = torch.linalg.cholesky_ex(ridged)
         if int(info) == 0:
-            return torch.cholesky_inverse(chol)
+            return chol
         rel = max(rel * 10.0, 1e-12)
     raise torch.linalg.LinAlgError("the Gram matrix is not positive definite even with a ridge")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,13 +54,19 @@ class GramAccumulator:
     a batch is one sample (``seqlen`` tokens), so the float32 rounding of one product is ~1e-6 relative and
     the running sum over samples keeps float64 accuracy (tested against a float64 oracle). A float64 product
     costs 2x or more on CPUs and 32x or more on GPUs. On CUDA, bf16/fp16 activations use TF32 (exact for
-    them, see ``_gram_product``). ``rows``: accumulate only those rows, ``X[:, rows]^T X``.
+    them, see ``_gram_blocks``). ``rows``: accumulate only those rows, ``X[:, rows]^T X``.
+
+    The product is symmetric in its ``rows x rows`` part, so only its upper block triangle is computed
+    (``gram_blocks`` column blocks; the lower one is mirrored once, in ``stats``): ~40% fewer multiply-adds
+    at 4 blocks (``torch`` has no ``syrk``). The sums are kept with the columns ordered ``rows`` first.
     """
 
-    def __init__(self, name: str, rows: Tensor | None = None) -> None:
-        self.name, self.count, self.rows = name, 0, rows
-        self.xtx: Tensor | None = None
+    def __init__(self, name: str, rows: Tensor | None = None, gram_blocks: int | None = None) -> None:
+        self.name, self.count, self.rows, self.gram_blocks = name, 0, rows, gram_blocks
+        self.xtx: Tensor | None = None  # [len(rows), D], columns in the order of ``self.order``
         self.xsum: Tensor | None = None
+        self.order: Tensor | None = None  # column order of ``xtx``: rows, then the others (None: identity)
+        self.bounds: list[int] = []  # the row blocks of the symmetric product
 
     def add_batch(self, x: Tensor) -> None:
         with stage("gram"):
@@ -67,14 +74,36 @@ class GramAccumulator:
             half = x.dtype in (torch.bfloat16, torch.float16)
             if x.dtype != torch.float64:
                 x = x.to(torch.float32)
-            rows = None if self.rows is None else self.rows.to(x.device)
             if self.xtx is None or self.xsum is None:
-                n = x.shape[1] if rows is None else len(rows)
-                self.xtx = torch.zeros(n, x.shape[1], dtype=torch.float64, device=x.device)
-                self.xsum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-            self.xtx += _gram_product(x, tf32=half and x.is_cuda, rows=rows)
+                self._start(x)
+            assert self.xtx is not None and self.xsum is not None
             self.xsum += x.sum(0, dtype=torch.float64)
+            if self.order is not None:
+                x = x[:, self.order.to(x.device)]
+            for (start, stop), product in _gram_blocks(x, self.bounds, tf32=half and x.is_cuda):
+                self.xtx[start:stop, start:] += product
             self.count += x.shape[0]
+
+    def _start(self, x: Tensor) -> None:
+        d = x.shape[1]
+        if self.rows is not None:
+            rest = torch.ones(d, dtype=torch.bool)
+            rest[self.rows.cpu()] = False
+            self.order = torch.cat([self.rows.cpu(), rest.nonzero().squeeze(1)])
+        n = d if self.rows is None else len(self.rows)
+        self.xtx = torch.zeros(n, d, dtype=torch.float64, device=x.device)
+        self.xsum = torch.zeros(d, dtype=torch.float64, device=x.device)
+        blocks = self.gram_blocks or default_gram_blocks(n)
+        self.bounds = torch.linspace(0, n, blocks + 1).round().long().tolist()
+
+    def _mirror_(self) -> None:
+        """Fill the lower block triangle of the ``rows x rows`` part from the upper one, in place (idempotent)."""
+        assert self.xtx is not None
+        k = self.xtx.shape[0]
+        for start, stop in itertools.pairwise(self.bounds):
+            diag = self.xtx[start:stop, start:stop]
+            diag.copy_(torch.triu(diag) + torch.triu(diag, 1).T)
+            self.xtx[stop:k, start:stop] = self.xtx[start:stop, stop:k].T
 
     def reduce_(self, reduce: Callable[[Tensor], Tensor]) -> None:
         """Sum the accumulated ``X^T X``, ``1^T X`` and count over processes (distributed calibration)."""
@@ -89,20 +118,31 @@ class GramAccumulator:
             raise NumpruneError(f"no calibration inputs reached {self.name}")
         if not (torch.isfinite(self.xsum).all() and torch.isfinite(self.xtx.diagonal()).all()):
             raise NumpruneError(f"non-finite activations at the input of {self.name}; check the model and dtype")
-        return InputStats(self.xtx / self.count, self.xsum / self.count, self.count, self.rows)
+        self._mirror_()
+        if self.order is None:
+            gram = self.xtx / self.count
+        else:
+            gram = self.xtx[:, self.order.argsort().to(self.xtx.device)].div_(self.count)
+        return InputStats(gram, self.xsum / self.count, self.count, self.rows)
 
 
-def _gram_product(x: Tensor, tf32: bool, rows: Tensor | None = None) -> Tensor:
-    """``x^T x`` (``rows``: ``x[:, rows]^T x``) in float32. ``tf32``: on CUDA, inputs that were bf16/fp16 are
-    exactly representable in TF32 (10 mantissa bits), so the TF32 tensor cores give the float32 result of exact
+def default_gram_blocks(k: int) -> int:
+    """Column blocks of the symmetric product: 4 from 256 rows (saves ~40% of the multiply-adds, measured on
+    this CPU at 576 and 1536 columns), fewer below, where the extra calls cost more than they save."""
+    return max(1, min(4, k // 64))
+
+
+def _gram_blocks(x: Tensor, bounds: list[int], tf32: bool) -> Iterator[tuple[tuple[int, int], Tensor]]:
+    """The upper block triangle of ``x[:, :k]^T x`` (``k = bounds[-1]``): for each row block ``[start, stop)``,
+    ``x[:, start:stop]^T x[:, start:]`` in float32. ``tf32``: on CUDA, inputs that were bf16/fp16 are exactly
+    representable in TF32 (10 mantissa bits), so the TF32 tensor cores give the float32 result of exact
     products, ~8x faster."""
-    left = x if rows is None else x[:, rows]
-    if not tf32:
-        return left.T @ x
     before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = tf32 or before
     try:
-        return left.T @ x
+        for start, stop in itertools.pairwise(bounds):
+            if stop > start:
+                yield (start, stop), x[:, start:stop].T @ x[:, start:]
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
 

@@ -46,6 +46,30 @@ def test_gram_of_bf16_inputs_and_float64_inputs():
     assert torch.allclose(acc16.stats().gram, y.T @ y / 64, rtol=1e-5)
 
 
+@pytest.mark.parametrize("blocks", [1, 3, 4])
+@pytest.mark.parametrize("rows", [None, [11, 2, 30, 7, 0, 19, 25, 4, 16, 9]])
+def test_block_triangular_gram_equals_the_full_product(blocks, rows):
+    """Only the upper block triangle of the symmetric part is multiplied (the rest mirrored): the result is the
+    float64 oracle ``X[:, rows]^T X`` (rows in their given order, columns in the original one), exactly
+    symmetric in its ``rows x rows`` part, also with samples added after a first ``stats()``."""
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.randn(40, 32, generator=gen, dtype=torch.float64) for _ in range(3)]
+    keep = None if rows is None else torch.tensor(rows)
+    acc = GramAccumulator("x", rows=keep, gram_blocks=blocks)
+    for x in xs[:2]:
+        acc.add_batch(x)
+    acc.stats()
+    acc.add_batch(xs[2])
+    st = acc.stats()
+    ref = torch.cat(xs)
+    want = ref.T @ ref / ref.shape[0]
+    want = want if keep is None else want[keep]
+    assert st.gram.shape == want.shape
+    assert torch.allclose(st.gram, want, rtol=1e-12, atol=1e-12)
+    sym = st.gram if keep is None else st.gram[:, keep]
+    assert torch.equal(sym, sym.T)
+
+
 def _old_sequential_repair(model, calib, plan, cfg):
     """Oracle: the straightforward sequential repair (statistics of o_proj on the layer as it is, cut, a full
     forward for down_proj's statistics through the pruned attention, cut, a third forward for the outputs)."""
