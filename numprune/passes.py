@@ -91,7 +91,7 @@ def streaming_statistics(
         o_proj, down_proj = projections(adapter, layer)
         modules[f"layer {i} o_proj"], modules[f"layer {i} down_proj"] = o_proj, down_proj
     try:
-        with record_inputs(modules) as accs:
+        with record_inputs(modules, buffer_tokens=0) as accs:  # every layer's at once: no buffers
             starts = range(0, calibration.shape[0], batch_size)
             for start in tqdm(starts, desc="calibration (streaming)", disable=not progress, leave=False):
                 adapter.run_model(model, calibration[start : start + batch_size].to(device))

@@ -46,16 +46,17 @@ def test_gram_of_bf16_inputs_and_float64_inputs():
     assert torch.allclose(acc16.stats().gram, y.T @ y / 64, rtol=1e-5)
 
 
-@pytest.mark.parametrize("blocks", [1, 3, 4])
+@pytest.mark.parametrize(("blocks", "buffer"), [(1, 2048), (3, 0), (4, 50), (4, 30)])
 @pytest.mark.parametrize("rows", [None, [11, 2, 30, 7, 0, 19, 25, 4, 16, 9]])
-def test_block_triangular_gram_equals_the_full_product(blocks, rows):
-    """Only the upper block triangle of the symmetric part is multiplied (the rest mirrored): the result is the
-    float64 oracle ``X[:, rows]^T X`` (rows in their given order, columns in the original one), exactly
-    symmetric in its ``rows x rows`` part, also with samples added after a first ``stats()``."""
+def test_block_triangular_gram_equals_the_full_product(blocks, buffer, rows):
+    """Only the upper block triangle of the symmetric part is multiplied (the rest mirrored), samples are
+    multiplied when a buffer fills (or at once when larger than it): the result is the float64 oracle
+    ``X[:, rows]^T X`` (rows in their given order, columns in the original one), exactly symmetric in its
+    ``rows x rows`` part, also with samples added after a first ``stats()``."""
     gen = torch.Generator().manual_seed(1)
     xs = [torch.randn(40, 32, generator=gen, dtype=torch.float64) for _ in range(3)]
     keep = None if rows is None else torch.tensor(rows)
-    acc = GramAccumulator("x", rows=keep, gram_blocks=blocks)
+    acc = GramAccumulator("x", rows=keep, gram_blocks=blocks, buffer_tokens=buffer)
     for x in xs[:2]:
         acc.add_batch(x)
     acc.stats()
@@ -158,8 +159,9 @@ def test_stage_timer_records_every_stage_exclusively(calib, tmp_path):
     assert plan.timing["stage_gram_seconds"] == pytest.approx(timer.seconds["gram"])
     # exclusive times add up to no more than the wall time of the run
     assert timer.total <= plan.timing["prune_seconds"] + timer.seconds["save"] + 0.05
-    # per layer: one dense collect (o_proj + down_proj hooks) and, sequentially, one of each projection
-    assert timer.calls["gram"] == 3 * (2 + 2) * calib.shape[0]
+    # per layer: one dense collect (o_proj + down_proj hooks) and, sequentially, one of each projection; each
+    # accumulator is charged once per sample and once for the product of its buffered samples
+    assert timer.calls["gram"] == 3 * (2 + 2) * (calib.shape[0] + 1)
 
 
 def test_stages_cost_nothing_without_a_timer(calib):
