@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from numprune.stats import symmetric_gram
+
 
 def channel_interaction(gram: Tensor, weight: Tensor) -> Tensor:
     """``A = (W W^T) ∘ G`` in float64, with ``W = weight.T`` (paper Eq. 5-6)."""
@@ -24,7 +26,7 @@ def channel_interaction(gram: Tensor, weight: Tensor) -> Tensor:
     if weight.ndim != 2 or weight.shape[1] != gram.shape[0]:
         raise ValueError(f"weight {tuple(weight.shape)} does not match gram {tuple(gram.shape)} ([out, in] layout)")
     w = weight.to(device=gram.device, dtype=torch.float64)
-    return (w.T @ w) * gram.to(torch.float64)
+    return symmetric_gram(w).mul_(gram.to(torch.float64))
 
 
 class _RidgeSolver:

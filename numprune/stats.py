@@ -163,6 +163,20 @@ def default_gram_blocks(k: int) -> int:
     return max(1, min(4, k // 64))
 
 
+def symmetric_gram(x: Tensor, blocks: int | None = None) -> Tensor:
+    """``x^T x`` from the upper block triangle of the product, mirrored (``GramAccumulator``'s saving for one
+    product; exactly symmetric)."""
+    k = x.shape[1]
+    bounds = torch.linspace(0, k, (blocks or default_gram_blocks(k)) + 1).round().long().tolist()
+    out = torch.empty(k, k, dtype=x.dtype, device=x.device)
+    for (start, stop), product in _gram_blocks(x, bounds, tf32=False):
+        diag, right = product[:, : stop - start], product[:, stop - start :]
+        out[start:stop, start:stop] = torch.triu(diag) + torch.triu(diag, 1).T
+        out[start:stop, stop:] = right
+        out[stop:, start:stop] = right.T
+    return out
+
+
 def _gram_blocks(x: Tensor, bounds: list[int], tf32: bool) -> Iterator[tuple[tuple[int, int], Tensor]]:
     """The upper block triangle of ``x[:, :k]^T x`` (``k = bounds[-1]``): for each row block ``[start, stop)``,
     ``x[:, start:stop]^T x[:, start:]`` in float32. ``tf32``: on CUDA, inputs that were bf16/fp16 are exactly

@@ -15,7 +15,7 @@ from numprune.methods import get_method
 from numprune.passes import cut_layer_
 from numprune.prune import output_bias, plan_pruning
 from numprune.replay import Replay
-from numprune.stats import GramAccumulator
+from numprune.stats import GramAccumulator, symmetric_gram
 from tests.conftest import tiny_model
 
 
@@ -69,6 +69,14 @@ def test_block_triangular_gram_equals_the_full_product(blocks, buffer, rows):
     assert torch.allclose(st.gram, want, rtol=1e-12, atol=1e-12)
     sym = st.gram if keep is None else st.gram[:, keep]
     assert torch.equal(sym, sym.T)
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 4])
+def test_symmetric_gram_is_the_exact_product_and_symmetric(blocks):
+    x = torch.randn(37, 23, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = symmetric_gram(x, blocks)
+    assert torch.equal(y, y.T)
+    assert torch.allclose(y, x.T @ x, rtol=1e-13, atol=1e-13)
 
 
 def _old_sequential_repair(model, calib, plan, cfg):
