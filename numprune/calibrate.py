@@ -239,7 +239,7 @@ class LayerwiseRunner:
 
         def record_and_bypass(x: Tensor) -> Tensor:
             acc.add_batch(x)
-            kept.append(x[..., keep].to(self.store))
+            kept.append(x.index_select(-1, keep).to(self.store))
             return x.new_zeros(*x.shape[:-1], module.out_features)
 
         if self.bypass_ok is None:

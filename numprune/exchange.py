@@ -31,7 +31,9 @@ def damped_gram(gram: Tensor, damp: float) -> Tensor:
     set's diagonal so that the refit objective is one quadratic for every removed set)."""
     g = gram.to(torch.float64)
     gamma = damp * g.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
-    return g + gamma * torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+    out = g.clone() if g is gram else g
+    out.diagonal().add_(gamma)
+    return out
 
 
 def gram_inverse(gd: Tensor) -> Tensor:

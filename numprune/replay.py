@@ -41,7 +41,7 @@ class Replay:
             x, w = self.inputs[k].to(self.device), self.o_proj.weight
             if w.shape[1] != len(self.cols):  # masked: the weight kept its width
                 w = w[:, self.cols]
-            y = torch.nn.functional.linear(x[..., self.cols], w, self.o_proj.bias)
+            y = torch.nn.functional.linear(x.index_select(-1, self.cols), w, self.o_proj.bias)
             return (y, *([None] * (self.arity - 1))) if self.arity else y
 
         return forward

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from numprune.stats import symmetric_gram
+from numprune.linalg import symmetric_gram
 
 
 def channel_interaction(gram: Tensor, weight: Tensor) -> Tensor:

@@ -11,11 +11,12 @@ from numprune import prune_, timing
 from numprune.adapters import get_adapter
 from numprune.calibrate import LayerwiseRunner
 from numprune.config import make_config
+from numprune.linalg import symmetric_gram, tril_matmul
 from numprune.methods import get_method
 from numprune.passes import cut_layer_
 from numprune.prune import output_bias, plan_pruning
 from numprune.replay import Replay
-from numprune.stats import GramAccumulator, symmetric_gram
+from numprune.stats import GramAccumulator
 from tests.conftest import tiny_model
 
 
@@ -77,6 +78,18 @@ def test_symmetric_gram_is_the_exact_product_and_symmetric(blocks):
     y = symmetric_gram(x, blocks)
     assert torch.equal(y, y.T)
     assert torch.allclose(y, x.T @ x, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("blocks", [1, 3, 4])
+@pytest.mark.parametrize("diagonal", [0, -1])
+def test_tril_matmul_is_the_masked_product(blocks, diagonal):
+    """Oracle: ``torch.tril(a, diagonal) @ b`` for a full ``a`` (the entries above the mask must not count)."""
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(29, 29, dtype=torch.float64, generator=gen)
+    b = torch.randn(29, 5, dtype=torch.float64, generator=gen)
+    assert torch.allclose(tril_matmul(a, b, diagonal, blocks), torch.tril(a, diagonal) @ b, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError):
+        tril_matmul(a, b, diagonal=1)
 
 
 def _old_sequential_repair(model, calib, plan, cfg):
