@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from numprune.linalg import cholesky_solve
+
 
 def compensate(gram: Tensor, weight: Tensor, keep: Tensor, damp: float = 0.01) -> Tensor:
     """New ``[out, len(keep)]`` weight for the kept input columns of one projection.
@@ -38,14 +40,15 @@ def compensate(gram: Tensor, weight: Tensor, keep: Tensor, damp: float = 0.01) -
     if gram.shape not in ((d, d), (len(keep), d)):
         raise ValueError(f"gram must be [{d}, {d}] or its kept rows [{len(keep)}, {d}], got {list(gram.shape)}")
     g = gram.to(torch.float64)
-    g_k = g[keep] if g.shape[0] == d else g  # [K, in]
-    g_kk = g_k[:, keep]
+    rows = keep if g.shape[0] == d else torch.arange(len(keep), device=g.device)  # G_K's rows in ``gram``
+    rhs = g[rows[:, None], prune] @ w[prune]  # [K, out]
+    g_kk = g[rows[:, None], keep]  # a copy: damped in place, no D x D identity
     gamma = damp * g_kk.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
-    g_kk.diagonal().add_(gamma)  # g_kk is a copy (advanced indexing); no D x D identity
-    rhs = g_k[:, prune] @ w[prune]  # [K, out]
+    g_kk.diagonal().add_(gamma)
     chol, info = torch.linalg.cholesky_ex(g_kk)
     if int(info) == 0:
-        delta = torch.cholesky_solve(rhs, chol)
+        del g_kk  # the factor and the gathered blocks are the only K x K / K x P matrices at a time
+        delta = cholesky_solve(chol, rhs)
     else:  # G_KK singular and no damping: minimum-norm least squares
         delta = torch.linalg.lstsq(g_kk, rhs).solution
     new = (w[keep] + delta).T

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from numprune.adapters.base import LayerGeometry
-from numprune.exchange import attention_steps, damped_gram, ridged_cholesky
+from numprune.exchange import attention_steps, damping, ridged_cholesky
 from numprune.linalg import tril_matmul
 
 
@@ -34,24 +34,32 @@ def ordered_refit_errors(gram: Tensor, weight: Tensor, cols: Tensor, *, damp: fl
     """Refit errors ``[k + 1]`` after removing the first ``m`` of the ``k`` columns ``cols``, for every ``m``.
 
     ``gram``: ``[D, D]`` Gram matrix of the projection's inputs; ``weight``: ``[out, D]``; ``damp``: relative
-    to ``mean(diag G)``, fixed at the full set's diagonal (``exchange.damped_gram``). ``undamped``: the output
+    to ``mean(diag G)``, fixed at the full set's diagonal (``exchange.damping``). ``undamped``: the output
     errors ``tr(D^T G D)`` of the damped refits (the objective less ``gamma ||D||^2``).
     """
-    gd = damped_gram(gram, damp)
-    k, d = cols.numel(), gd.shape[0]
+    k, d = cols.numel(), gram.shape[0]
     rest = torch.ones(d, dtype=torch.bool)
     rest[cols.cpu()] = False
-    rev = torch.cat([cols.cpu(), rest.nonzero().squeeze(1)]).flip(0).to(gd.device)
-    linv = ridged_cholesky(gd[rev[:, None], rev]).flip(0, 1).T  # L^{-1}, lower (module docstring)
-    w = weight.to(device=gd.device, dtype=torch.float64).T[cols.to(gd.device)]
+    rev = torch.cat([cols.cpu(), rest.nonzero().squeeze(1)]).flip(0).to(gram.device)
+    # At most two D x D float64 matrices at a time (and Z): the damped, permuted Gram and its factor, the
+    # factor's flip, then L^{-1} and P.
+    gamma = damping(gram, damp)
+    perm = gram.to(torch.float64)[rev[:, None], rev]  # the damped Gram in the reversed order
+    perm.diagonal().add_(gamma)
+    m = ridged_cholesky(perm)
+    del perm
+    linv = m.flip(0, 1).T  # L^{-1}, lower (module docstring)
+    del m
+    w = weight.index_select(1, cols.to(weight.device)).to(device=gram.device, dtype=torch.float64).T  # W, in order
     z = tril_matmul(linv[:k, :k], w)  # Z = L^{-1} W; row i reads rows <= i only
+    del w
     sq = (z**2).sum(dim=1)
     zero = z.new_zeros(1)
     errors = torch.cat([zero, sq.cumsum(0)])
     if not undamped:
         return errors.cpu()
-    gamma = float(gd[0, 0] - gram[0, 0].to(torch.float64))
     p = torch.cholesky_inverse(linv)[:k, :k]  # L^T L
+    del linv
     steps = 2 * (tril_matmul(p, z, diagonal=-1) * z).sum(dim=1) + p.diagonal() * sq  # ||D_m||^2 increments
     return (errors - gamma * torch.cat([zero, steps.cumsum(0)])).cpu()
 

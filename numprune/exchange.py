@@ -26,13 +26,16 @@ from numprune.adapters.base import LayerGeometry
 from numprune.select import gqa_mode
 
 
+def damping(gram: Tensor, damp: float) -> Tensor:
+    """``gamma = damp * mean(diag G)`` (float64, 0-dim): the damping of ``numprune.compensate``, fixed at the
+    full set's diagonal so that the refit objective is one quadratic for every removed set."""
+    return damp * gram.diagonal().to(torch.float64).mean().clamp_min(torch.finfo(torch.float64).tiny)
+
+
 def damped_gram(gram: Tensor, damp: float) -> Tensor:
-    """``G + damp * mean(diag G) * I`` in float64 (the damping of ``numprune.compensate``, fixed at the full
-    set's diagonal so that the refit objective is one quadratic for every removed set)."""
-    g = gram.to(torch.float64)
-    gamma = damp * g.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
-    out = g.clone() if g is gram else g
-    out.diagonal().add_(gamma)
+    """``G + gamma I`` in float64 (``damping``), on the diagonal of a copy."""
+    out = gram.to(torch.float64, copy=True)
+    out.diagonal().add_(damping(gram, damp))
     return out
 
 
@@ -42,12 +45,15 @@ def gram_inverse(gd: Tensor) -> Tensor:
 
 
 def ridged_cholesky(gd: Tensor) -> Tensor:
-    """The lower Cholesky factor of ``Gd``; a tiny ridge is added (growing 10x) only when ``Gd`` is singular
-    (damp=0)."""
+    """The lower Cholesky factor of ``Gd``; a tiny ridge is added (growing 10x, on the diagonal of a copy) only
+    when ``Gd`` is singular (damp=0)."""
     scale = gd.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
     rel = 0.0
     for _ in range(12):
-        ridged = gd if rel == 0.0 else gd + rel * scale * torch.eye(gd.shape[0], dtype=gd.dtype, device=gd.device)
+        ridged = gd
+        if rel > 0.0:
+            ridged = gd.clone()
+            ridged.diagonal().add_(rel * scale)
         chol, info = torch.linalg.cholesky_ex(ridged)
         if int(info) == 0:
             return chol

@@ -2,7 +2,8 @@
 
 ``torch`` has no ``syrk`` or ``trmm``: a GEMM computes every entry. Splitting the rows into a few blocks and
 multiplying only the blocks on and below (or above) the diagonal does ``(b + 1) / (2 b)`` of the work (4
-blocks: 10/16), in products large enough to stay efficient. Pure tensor functions, any device.
+blocks: 10/16), in products large enough to stay efficient. And a Cholesky solve that does not copy its factor.
+Pure tensor functions, any device.
 """
 
 from __future__ import annotations
@@ -73,3 +74,9 @@ def tril_matmul(a: Tensor, b: Tensor, diagonal: int = 0, blocks: int | None = No
             y.addmm_(a[start:stop, :start], b[:start])
         out[start:stop] = y
     return out
+
+
+def cholesky_solve(chol: Tensor, b: Tensor) -> Tensor:
+    """``(L L^T)^{-1} b`` for a lower Cholesky factor ``L``, by two triangular solves: the same values as
+    ``torch.cholesky_solve``, which copies ``L`` first (one ``D x D`` matrix more at the peak of a solve)."""
+    return torch.linalg.solve_triangular(chol.mT, torch.linalg.solve_triangular(chol, b, upper=False), upper=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from numprune.linalg import symmetric_gram
+from numprune.linalg import cholesky_solve, symmetric_gram
 
 
 def channel_interaction(gram: Tensor, weight: Tensor) -> Tensor:
@@ -30,25 +30,29 @@ def channel_interaction(gram: Tensor, weight: Tensor) -> Tensor:
 
 
 class _RidgeSolver:
-    """Cholesky of ``A + eps * mean(diag A) * I``; the ridge grows by 10x until the factorisation succeeds."""
+    """Cholesky of ``A + eps * mean(diag A) * I``; the ridge grows by 10x until the factorisation succeeds.
+
+    The ridge goes on ``a``'s own diagonal (``a`` becomes the ridged matrix, which the Newton step reads) and the
+    solves are two triangular ones (``cholesky_solve`` copies its factor): ``A`` and its factor are the only
+    ``D x D`` matrices at the peak."""
 
     def __init__(self, a: Tensor, eps: float, max_tries: int = 8) -> None:
         scale = a.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
+        diag = a.diagonal()
+        plain = diag.clone()
         rel = eps
         for _ in range(max_tries):
-            a_reg = a
-            if rel > 0:  # the ridge on the diagonal of a copy (no D x D identity: one matrix less at the peak)
-                a_reg = a.clone()
-                a_reg.diagonal().add_(rel * scale)
-            chol, info = torch.linalg.cholesky_ex(a_reg)
+            if rel > 0:
+                diag.copy_(plain + rel * scale)
+            chol, info = torch.linalg.cholesky_ex(a)
             if int(info) == 0:
-                self.a, self.chol, self.eps = a_reg, chol, rel
+                self.a, self.chol, self.eps = a, chol, rel
                 return
             rel = max(rel * 10.0, 1e-10)
         raise torch.linalg.LinAlgError(f"A is not positive definite even with ridge {rel:g} x mean(diag)")
 
     def solve(self, b: Tensor) -> Tensor:
-        return torch.cholesky_solve(b.unsqueeze(-1), self.chol).squeeze(-1)
+        return cholesky_solve(self.chol, b.unsqueeze(-1)).squeeze(-1)
 
 
 def _newton_step(solver: _RidgeSolver, u: Tensor, z: Tensor, r: float, lam: float | None) -> Tensor:

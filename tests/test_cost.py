@@ -11,7 +11,7 @@ from numprune import prune_, timing
 from numprune.adapters import get_adapter
 from numprune.calibrate import LayerwiseRunner
 from numprune.config import make_config
-from numprune.linalg import symmetric_gram, tril_matmul
+from numprune.linalg import cholesky_solve, symmetric_gram, tril_matmul
 from numprune.methods import get_method
 from numprune.passes import cut_layer_
 from numprune.prune import output_bias, plan_pruning
@@ -90,6 +90,22 @@ def test_tril_matmul_is_the_masked_product(blocks, diagonal):
     assert torch.allclose(tril_matmul(a, b, diagonal, blocks), torch.tril(a, diagonal) @ b, rtol=1e-13, atol=1e-13)
     with pytest.raises(ValueError):
         tril_matmul(a, b, diagonal=1)
+
+
+def test_cholesky_solve_by_triangular_solves_matches_torch():
+    """Two triangular solves give ``torch.cholesky_solve``'s values (which copies the factor first), one
+    right-hand side or many; and they solve the system (oracle: ``G x = b``)."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(80, 40, dtype=torch.float64, generator=gen)
+    g = x.T @ x
+    chol = torch.linalg.cholesky(g)
+    for b in (
+        torch.randn(40, 1, dtype=torch.float64, generator=gen),
+        torch.randn(40, 7, dtype=torch.float64, generator=gen),
+    ):
+        got = cholesky_solve(chol, b)
+        assert torch.allclose(got, torch.cholesky_solve(b, chol), rtol=1e-12, atol=1e-12)
+        assert torch.allclose(g @ got, b, rtol=1e-9, atol=1e-9)
 
 
 def _old_sequential_repair(model, calib, plan, cfg):

@@ -8,7 +8,14 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from numprune.score import channel_interaction, newton_iterations, numerical_score, pool_groups, pool_heads
+from numprune.score import (
+    _RidgeSolver,
+    channel_interaction,
+    newton_iterations,
+    numerical_score,
+    pool_groups,
+    pool_heads,
+)
 
 
 def problem(d: int = 12, out: int = 7, n: int = 200, seed: int = 0):
@@ -107,3 +114,18 @@ def test_pool_heads_uses_half_open_ranges_and_groups():
     heads = pool_heads(scores, 4, 2)
     assert heads.tolist() == [0.5, 2.5, 4.5, 6.5]
     assert pool_groups(heads, 2).tolist() == [1.5, 5.5]
+
+
+def test_ridge_retries_each_add_their_ridge_to_the_plain_diagonal():
+    """The ridge goes on ``A``'s own diagonal: a retry (the first ridge was too small) must give
+    ``A + rel * mean(diag A) I`` exactly, not the sum of the ridges tried. An indefinite ``A`` whose smallest
+    eigenvalue is ~-5e-10 x mean(diag) fails at eps=1e-10 and factorises at 1e-9."""
+    plain = torch.tensor([[1.0, 1.0], [1.0, 1.0 - 1e-9]], dtype=torch.float64)
+    a = plain.clone()
+    solver = _RidgeSolver(a, 1e-10)
+    assert solver.eps == pytest.approx(1e-9)
+    expected = plain.clone()
+    expected.diagonal().add_(solver.eps * plain.diagonal().mean())
+    assert torch.equal(solver.a, expected)
+    b = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    assert torch.allclose(solver.a @ solver.solve(b), b, rtol=1e-5, atol=1e-5)
