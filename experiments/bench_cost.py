@@ -112,6 +112,16 @@ def _rss_peak() -> float:
     return float("nan")
 
 
+def _rss_now() -> float:
+    """The current RSS (GiB): the baseline of a prune's peak. Not the peak so far, which includes transients of
+    building the model (weights initialised in float32 before the cast to bf16: +0.5-0.7 GiB at the LLaMA-3.2
+    shapes)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
 def _device_reset(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -156,7 +166,7 @@ def worker(spec: dict) -> dict:
     device = torch.device(spec["device"])
     dense, calib, info, built = build(spec)
     adapter = get_adapter(dense)
-    base_rss = _rss_peak()
+    base_rss = _rss_now()
 
     def forward_pass() -> None:
         LayerwiseRunner(dense, adapter, calib, device, progress=False).walk(lambda i, layer: None, desc="")

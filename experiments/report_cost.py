@@ -63,20 +63,30 @@ def work(model: str, stage: str, tokens: int) -> float:
 def working_memory_gib(
     model: str, layers: int, tokens: int, dtype_bytes: int, comp: str, ratio: float, params: int, cache_gib: float = 4.0
 ) -> dict[str, float]:
-    """The memory model of docs/distributed.md for one prune, by part (GiB): the pruned copy of the weights,
-    the calibration activations, one layer's Gram matrices (float64) and the solve's temporaries (the
-    interaction matrix ``A``, its ridge copy and Cholesky factor, float64, for the wider projection), plus
-    the dense statistics of every layer when compensation=dense keeps them (up to ``cache_gib``)."""
+    """The memory model of docs/distributed.md for one prune, by part (GiB), at the larger of its two peaks.
+
+    Scoring, in the dense pass: the hidden states in and out of the current layer, its Gram matrices (float64)
+    and the score's solve, two ``intermediate^2`` float64 matrices (``A`` and its Cholesky factor; the split
+    curve's permuted Gram and its factor, then ``L^{-1}`` and ``P``) and a float64 copy of ``down_proj``'s
+    weight. Repair: the refit's kept block ``G_KK`` and its factor (``2 K^2`` float64, ``K`` the kept
+    channels); in the sequential pass with its larger activations (the outputs with ``down_proj`` bypassed and
+    its kept input columns) and ``down_proj``'s kept Gram rows only. Both: the pruned copy of the weights, and
+    the dense statistics of the other layers when compensation=dense keeps them (up to ``cache_gib``). On the
+    CPU: the model of a CPU row's peak RSS (``report_cost.py cost`` compares them)."""
     h, i = GEOMETRY[model][:2]
-    acts = 2 * tokens * h * dtype_bytes  # hidden states in and out of the current layer
-    if comp == "sequential":  # partial outputs with down_proj bypassed, and down_proj's kept input columns
-        acts += tokens * h * dtype_bytes + tokens * round(i * (1 - ratio)) * dtype_bytes
+    kept = round(i * (1 - ratio))
     gram = (h * h + i * i) * 8
-    cache = layers * gram if comp == "dense" and layers * gram <= cache_gib * 2**30 else 0
-    # the solve: A, its ridge copy, its Cholesky factor (and, in code before the ridge moved onto the diagonal,
-    # a D x D identity: rows measured with that code need 4)
-    parts = {"weights": params * dtype_bytes, "activations": acts, "gram": gram, "solve": 3 * i * i * 8,
-             "stats_cache": cache}  # fmt: skip
+    # the cached statistics of the other layers (on the CPU the current layer's are the cached tensors)
+    cache = (layers - 1) * gram if comp == "dense" and layers * gram <= cache_gib * 2**30 else 0
+    dense_acts = 2 * tokens * h * dtype_bytes  # hidden states in and out of the current layer
+    scoring = {"activations": dense_acts, "gram": gram, "solve": (2 * i * i + h * i) * 8}
+    if comp == "sequential":
+        acts = dense_acts + tokens * h * dtype_bytes + tokens * kept * dtype_bytes
+        repair = {"activations": acts, "gram": (h * h + kept * i) * 8, "solve": 2 * kept * kept * 8}
+    else:
+        repair = {"activations": dense_acts, "gram": gram, "solve": 2 * kept * kept * 8}  # from the cache
+    peak = max(scoring, repair, key=lambda parts: sum(parts.values()))
+    parts = {"weights": params * dtype_bytes, **peak, "stats_cache": cache}
     out = {k: v / 2**30 for k, v in parts.items()}
     out["total"] = sum(out.values())
     return out
