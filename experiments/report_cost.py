@@ -38,6 +38,7 @@ KEYS = [
     "dtype",
     "device",
     "ratio",
+    "head_scaling",
     "code",
     "comp",
 ]
@@ -96,7 +97,7 @@ def load(path: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path)
     df = df[df.experiment == "cost"].copy()
     opts = df.options.map(json.loads)
-    for key in ("layers_built", "layers_full", "dtype", "device", "code", "weights"):
+    for key in ("layers_built", "layers_full", "dtype", "device", "code", "weights", "head_scaling"):
         df[key] = opts.map(lambda o, k=key: o.get(k))
     df["comp"] = opts.map(lambda o: o.get("compensation"))
     df["value"] = df.value.astype(float)
@@ -181,9 +182,11 @@ def cost_report(csv: str, png: str | None) -> str:
     if mem:
         out.append("\nPeak RSS of the prune above the process before it (measured) vs the memory model (GiB)\n")
         out.append(pd.DataFrame(mem).round(3).to_markdown(index=False))
-    c = fits(w)
-    if c:
-        out.append("\nFitted constants (seconds per unit of work, see the module docstring)\n")
+    for scaling in sorted(w.head_scaling.dropna().unique()):  # the score stage differs: fit each on its own
+        c = fits(w[w.head_scaling == scaling])
+        if not c:
+            continue
+        out.append(f"\nFitted constants, head_scaling={scaling} (seconds per unit of work, see the module docstring)\n")
         out.append(pd.Series(c).map(lambda v: f"{v:.3e}").to_frame("seconds per unit").to_markdown())
         ext = {
             (m, f"{n}x{s}", comp, f"stats_cache_gib={gib:g}"): extrapolate(c, m, n, s, comp, gib)
@@ -191,13 +194,20 @@ def cost_report(csv: str, png: str | None) -> str:
             for n, s in ((128, 2048),)
             for comp, gib in (("sequential", 4.0), ("dense", 4.0), ("dense", 1e4))
         }
-        out.append("\nExtrapolated whole-model seconds per stage on this machine (fit above; dense compensation "
-                   "re-runs the dense pass unless every layer's Gram matrices fit stats_cache_gib)\n")  # fmt: skip
+        out.append(f"\nExtrapolated whole-model seconds per stage on this machine, head_scaling={scaling} (fit above; "
+                   "dense compensation re-runs the dense pass unless every layer's Gram matrices fit "
+                   "stats_cache_gib)\n")  # fmt: skip
         out.append(pd.DataFrame(ext).T.round(1).to_markdown())
     if png:
         plot(w, png)
         out.append(f"\nfigure: {png}")
     return "\n".join(out)
+
+
+def _label(r: object) -> str:
+    """One bar's name: the row's shape, calibration size, head scaling and compensation."""
+    return (f"{r.model} L{int(r.layers_built)} {int(r.calib_nsamples)}x{int(r.calib_seqlen)} "  # type: ignore[attr-defined]
+            f"{r.head_scaling} {r.comp}")  # type: ignore[attr-defined]  # fmt: skip
 
 
 def plot(w: pd.DataFrame, png: str) -> None:
@@ -211,8 +221,7 @@ def plot(w: pd.DataFrame, png: str) -> None:
     stages = [c for c in sorted(after.columns) if c.startswith("stage_") and c.endswith("_over_dense_pass")]
     # (a) stage breakdown of each configuration, in dense passes, with the before totals beside
     ax = axes[0]
-    labels = [f"{r.model} L{int(r.layers_built)} {int(r.calib_nsamples)}x{int(r.calib_seqlen)} {r.comp}"
-              for r in after.itertuples()]  # fmt: skip
+    labels = [_label(r) for r in after.itertuples()]
     bottom = [0.0] * len(after)
     for col in stages:
         vals = after[col].fillna(0).tolist()
@@ -220,7 +229,7 @@ def plot(w: pd.DataFrame, png: str) -> None:
         bottom = [b + v for b, v in zip(bottom, vals)]
     before = w[w.code == "before"]
     for r in before.itertuples():
-        lab = f"{r.model} L{int(r.layers_built)} {int(r.calib_nsamples)}x{int(r.calib_seqlen)} {r.comp}"
+        lab = _label(r)
         if lab in labels:
             ax.plot([r.prune_over_dense_pass], [labels.index(lab)], "k*", ms=10)
     ax.axvline(1.0, color="grey", lw=0.8)
