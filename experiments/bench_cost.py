@@ -250,19 +250,6 @@ def rows_for(spec: dict, res: dict, code: str, commit: str) -> list[dict]:
     return rows
 
 
-def replace_rows(path: Path, rows: list[dict]) -> None:
-    """Write ``rows`` into the CSV, replacing older rows with the same key."""
-    from numprune.results import append_rows, read_rows, row_key
-
-    new = {row_key(r) for r in rows}
-    kept = [r for r in read_rows(path) if row_key(r) not in new]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".csv")
-    os.close(fd)
-    Path(tmp).unlink()
-    append_rows(tmp, kept + rows)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2", help="comma list: smollm2, " + ", ".join(SHAPES))
@@ -288,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         Path(args.worker_out).write_text(json.dumps(worker(json.loads(args.worker))))
         return
-    from numprune.results import git_commit
+    from numprune.results import append_rows, git_commit
 
     here = Path(__file__).resolve().parents[1]
     trees = [("after", here)] + ([("before", Path(args.before_tree).resolve())] if args.before_tree else [])
@@ -311,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
                       + ", ".join(f"{k} {v:.1f}" for k, v in sorted(pr["stages"].items())), flush=True)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    replace_rows(out, rows)
+    append_rows(out, rows, replace=True)  # a re-measurement replaces its rows
     print(f"wrote {len(rows)} rows to {out}")
 
 

@@ -160,15 +160,20 @@ def has_row(path: str | Path, row: dict[str, Any]) -> bool:
     return any(row_key(r) == key for r in read_rows(path))
 
 
-def append_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+def append_rows(path: str | Path, rows: Iterable[dict[str, Any]], replace: bool = False) -> None:
     """Append rows atomically: the file is rewritten to a temporary file and renamed over the old one, under an
-    exclusive lock, so that several processes of one grid can share a CSV without losing rows."""
+    exclusive lock, so that several processes of one grid can share a CSV without losing rows. ``replace``:
+    older rows with the key of a new row (``row_key``) are dropped (a re-measurement replaces its rows)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     new_rows = [normalise(r) for r in rows]
     with open(p.parent / f".{p.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        all_rows = read_rows(p) + new_rows
+        old = read_rows(p)
+        if replace:
+            keys = {row_key(r) for r in new_rows}
+            old = [r for r in old if row_key(r) not in keys]
+        all_rows = old + new_rows
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", newline="") as fh:

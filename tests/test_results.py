@@ -36,3 +36,19 @@ def test_unknown_column_refused_and_resume_key(tmp_path):
     row = {"experiment": "x", "method": "numerical", "ratio": 0.2, "metric": "ppl", "options": {"damp": 0.1}}
     append_rows(path, [{**row, "value": 3.0}])
     assert has_row(path, row) and not has_row(path, {**row, "ratio": 0.4})
+
+
+def test_replace_drops_only_the_rows_with_a_new_rows_key(tmp_path):
+    """``replace=True``: a re-measured row replaces its old value; rows with other keys (another code label in
+    ``options``, another metric) stay, in their order."""
+    path = tmp_path / "r.csv"
+    base = {"experiment": "x", "method": "m", "ratio": 0.2}
+    old = [{**base, "metric": "a", "value": 1.0, "options": {"code": "before"}},
+           {**base, "metric": "a", "value": 2.0, "options": {"code": "after"}},
+           {**base, "metric": "b", "value": 3.0, "options": {"code": "after"}}]  # fmt: skip
+    append_rows(path, old)
+    append_rows(path, [{**base, "metric": "a", "value": 5.0, "options": {"code": "after"}}], replace=True)
+    got = [(r["metric"], r["options"], float(r["value"])) for r in read_rows(path)]
+    assert got == [("a", '{"code": "before"}', 1.0), ("b", '{"code": "after"}', 3.0), ("a", '{"code": "after"}', 5.0)]
+    append_rows(path, [{**base, "metric": "b", "value": 7.0, "options": {"code": "after"}}])  # default: append
+    assert len(read_rows(path)) == 4
