@@ -105,21 +105,23 @@ def _rss_reset() -> None:
         pass
 
 
-def _rss_peak() -> float:
+def _status_gib(field: str) -> float:
+    """A memory field of ``/proc/self/status`` in GiB (``VmHWM``: peak RSS since the last reset; ``VmRSS``: now)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 2**20
     return float("nan")
+
+
+def _rss_peak() -> float:
+    return _status_gib("VmHWM")
 
 
 def _rss_now() -> float:
-    """The current RSS (GiB): the baseline of a prune's peak. Not the peak so far, which includes transients of
+    """The current RSS: the baseline of a prune's peak. Not the peak so far, which includes transients of
     building the model (weights initialised in float32 before the cast to bf16: +0.5-0.7 GiB at the LLaMA-3.2
     shapes)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
+    return _status_gib("VmRSS")
 
 
 def _device_reset(device: torch.device) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -204,10 +205,9 @@ def cost_report(csv: str, png: str | None) -> str:
     return "\n".join(out)
 
 
-def _label(r: object) -> str:
+def _label(r: Any) -> str:
     """One bar's name: the row's shape, calibration size, head scaling and compensation."""
-    return (f"{r.model} L{int(r.layers_built)} {int(r.calib_nsamples)}x{int(r.calib_seqlen)} "  # type: ignore[attr-defined]
-            f"{r.head_scaling} {r.comp}")  # type: ignore[attr-defined]  # fmt: skip
+    return f"{r.model} L{int(r.layers_built)} {int(r.calib_nsamples)}x{int(r.calib_seqlen)} {r.head_scaling} {r.comp}"
 
 
 def plot(w: pd.DataFrame, png: str) -> None:
